@@ -1,0 +1,112 @@
+"""Shared command-line plumbing: one-line errors with exit code 2, device choice, checkpoint paths.
+
+A user mistake (bad flag, missing checkpoint, unwritable folder) must print one line on stderr and exit
+with code 2, never a traceback; `run_cli` turns the errors the library raises for bad input into that.
+"""
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from nanocot.checkpoint import CheckpointError
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (`prog: error: ...`) instead of usage + error."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**32), got {value}")
+    return value
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' picks cuda > mps > cpu; anything else must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} requested but CUDA is not available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("device 'mps' requested but MPS is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from None
+
+
+def writable_dir(path: str) -> Path:
+    """Create `path` if needed and check that files can be written there."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create folder {folder}: {e.strerror}") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"folder {folder} is not writable")
+    return folder
+
+
+def run_cli(main) -> None:
+    """Run `main()`; user-facing errors become one line on stderr and exit code 2."""
+    try:
+        main()
+    except (UsageError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:  # training diverged: say where, keep whatever was saved before
+        print(f"error: training diverged ({e}); lower --lr; no checkpoint was written for this stage", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written for the unfinished stage", file=sys.stderr)
+        sys.exit(130)

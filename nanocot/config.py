@@ -1,0 +1,108 @@
+"""Every knob of nanocot, as dataclasses with named presets, in one place.
+
+- `ModelConfig` presets `tiny` (tests), `small` and `large`: the experiment's two sizes differ in *depth*
+  first (see docs/LOG.md: with numbers as single tokens, one layer cannot compose k=4 operands in one
+  forward pass, two layers can, and one layer can execute a running-sum trace).
+- `TaskConfig` is the modular-addition task; its defaults are the measured choice of docs/LOG.md.
+- `CorpusConfig` is the toy pretraining text.
+- `TrainConfig` holds the optimiser and schedule; `STAGE_DEFAULTS` gives each stage's defaults.
+"""
+
+from dataclasses import asdict, dataclass, replace
+
+SIZES = ("tiny", "small", "large")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int = 1
+    n_head: int = 4
+    d_model: int = 64
+    d_mlp: int = 256  # hidden width of each MLP
+    block_size: int = 96  # longest sequence the learned position table covers
+    vocab_size: int = 0  # filled in from the tokenizer
+    attn_impl: str = "fused"  # "fused" (F.scaled_dot_product_attention) or "reference" (explicit softmax)
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(n_layer=1, n_head=2, d_model=32, d_mlp=64),
+    "small": ModelConfig(n_layer=1, n_head=4, d_model=64, d_mlp=256),
+    "large": ModelConfig(n_layer=3, n_head=4, d_model=128, d_mlp=512),
+}
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Modular addition: (x1 + ... + xk) mod m.
+
+    In distribution every operand lies in [0, m) and m in [min_modulus, max_modulus] minus the held-out
+    moduli. Training mixes in easier problems (fewer operands) because pure k=4 direct SFT sits on a
+    loss plateau (CALIBRATION.md run 2); held-out accuracy is always measured on k = num_operands.
+    """
+
+    num_operands: int = 4
+    min_operands: int = 2  # easiest k mixed into training batches
+    min_modulus: int = 10
+    max_modulus: int = 29
+    heldout_moduli: tuple[int, ...] = (17, 23)  # never trained on: the "unseen moduli" OOD split
+    easier_fraction: float = 0.5  # share of each training batch drawn with k in [min_operands, num_operands)
+    test_fraction: float = 0.02  # share of problems (by hash of the whole problem) reserved for testing
+    test_size: int = 1000
+    ood_size: int = 500
+    split_seed: int = 0  # which problems are test problems: fixed, so every seed shares one test set
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The toy pretraining text (nanocot/corpus.py)."""
+
+    num_lines: int = 60_000
+    worked_fraction: float = 0.0  # share of lines that are full worked k-operand traces of training problems
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    seed: int = 0
+
+
+STAGES = ("pretrain", "direct", "warmup")
+
+STAGE_DEFAULTS: dict[str, TrainConfig] = {
+    "pretrain": TrainConfig(steps=1500, batch_size=32, lr=3e-3, eval_every=500),
+    "direct": TrainConfig(steps=3000, batch_size=128, lr=2e-3, eval_every=250),
+    "warmup": TrainConfig(steps=200, batch_size=32, lr=1e-3, eval_every=50),
+}
+
+
+def model_config(size: str, vocab_size: int) -> ModelConfig:
+    if size not in MODEL_PRESETS:
+        raise ValueError(f"unknown size {size!r}: choose one of {', '.join(SIZES)}")
+    return replace(MODEL_PRESETS[size], vocab_size=vocab_size)
+
+
+def to_dict(config) -> dict:
+    """Plain dict (tuples become lists) so a checkpoint stays loadable with weights_only=True."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def from_dict(cls, d: dict):
+    names = {f.name for f in cls.__dataclass_fields__.values()}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+__all__ = [
+    "SIZES", "STAGES", "ModelConfig", "TaskConfig", "CorpusConfig", "TrainConfig", "MODEL_PRESETS",
+    "STAGE_DEFAULTS", "model_config", "to_dict", "from_dict"
+]

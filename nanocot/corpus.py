@@ -1,0 +1,109 @@
+"""The toy pretraining corpus: deterministic text lines, no downloads.
+
+What a small web-like text teaches before any task training (shares are of all lines):
+- prose (~30%): short sentences about people, animals and things, some with arithmetic in words
+  ("ana has 3 pears and gets 4 more, so she has 7 pears.") and number words ("twelve is 12.");
+- arithmetic facts (~45%): additions "17+25=42", subtractions "27-21=6", modular remainders
+  "27%21=6", running sums without a modulus "3+4=7,7+9=16";
+- worked one-step modular problems (~25%) in the task's CoT format, "\\n8+7%12:8+7=15-12=3;3", and its
+  direct format "\\n8+7%12=3": the model sees the format and the single step, never a chain of steps;
+- optionally (`worked_fraction`) full worked k-operand traces of *training* problems, the lever that
+  decides how often the pretrained small model already chains steps (CALIBRATION.md run 1: 10% was too
+  much, 0% too little).
+Every line is preceded by a newline, exactly like every task prompt.
+"""
+
+import numpy as np
+
+from nanocot.config import CorpusConfig, TaskConfig
+from nanocot.task import COT, DIRECT, ModularAddition, completion, prompt
+
+WORDS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty"
+).split()
+NAMES = ["ana", "bob", "eve", "kim", "lea", "max", "sam", "zoe"]
+THINGS = ["apples", "pears", "books", "coins", "cards", "stones", "shells", "cups"]
+ANIMALS = ["cat", "dog", "fox", "owl", "hen", "cow", "bee", "rat"]
+PLACES = ["the mat", "the hill", "the box", "the barn", "the road", "the tree"]
+VERBS = ["sees", "likes", "follows", "finds", "helps", "watches"]
+
+
+def number_word(n: int) -> str:
+    """English words for 0..99 ('twenty seven'): the corpus's second surface language for numbers."""
+    tens = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+    if n <= 20:
+        return WORDS[n]
+    return tens[n // 10] + ("" if n % 10 == 0 else " " + WORDS[n % 10])
+
+
+def _prose(rng: np.random.Generator) -> str:
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    kind = int(rng.integers(5))
+    if kind == 0:
+        return f"the {pick(ANIMALS)} {pick(VERBS)} the {pick(ANIMALS)} on {pick(PLACES)}."
+    if kind == 1:
+        a, b = (int(x) for x in rng.integers(0, 30, size=2))
+        name, thing = pick(NAMES), pick(THINGS)
+        return f"{name} has {a} {thing} and gets {b} more, so {name} has {a + b} {thing}."
+    if kind == 2:
+        n = int(rng.integers(0, 100))
+        return f"{number_word(n)} is {n}."
+    if kind == 3:
+        a, b = (int(x) for x in rng.integers(0, 21, size=2))
+        return f"{number_word(a)} plus {number_word(b)} is {number_word(a + b)}."
+    m = int(rng.integers(2, 30))
+    h = int(rng.integers(0, 2 * m))
+    return f"a clock with {m} hours shows {h % m} after {h} hours."
+
+
+def _fact(rng: np.random.Generator) -> str:
+    kind = int(rng.integers(4))
+    if kind == 0:
+        a, b = (int(x) for x in rng.integers(0, 60, size=2))
+        return f"{a}+{b}={a + b}"
+    if kind == 1:
+        m = int(rng.integers(2, 30))
+        total = int(rng.integers(m, 2 * m))
+        return f"{total}-{m}={total - m}"
+    if kind == 2:
+        m = int(rng.integers(2, 30))
+        total = int(rng.integers(0, 3 * m))
+        return f"{total}%{m}={total % m}"
+    ops = [int(x) for x in rng.integers(0, 30, size=int(rng.integers(3, 5)))]
+    steps, running = [], ops[0]
+    for x in ops[1:]:
+        steps.append(f"{running}+{x}={running + x}")
+        running += x
+    return ",".join(steps)
+
+
+def _one_step_problem(rng: np.random.Generator, task: ModularAddition) -> str:
+    """A worked 2-operand problem of the task's format (drawn from the training side of the split)."""
+    problem = task.sample_train(rng, 1, k=2)[0]
+    mode = COT if rng.random() < 0.7 else DIRECT
+    return (prompt(problem, mode) + completion(problem, mode))[1:-1]  # strip the surrounding newlines
+
+
+def generate_lines(config: CorpusConfig, task_config: TaskConfig) -> list[str]:
+    rng = np.random.default_rng(config.seed)
+    task = ModularAddition(task_config)
+    lines = []
+    for _ in range(config.num_lines):
+        u = rng.random()
+        if u < config.worked_fraction:
+            problem = task.sample_train(rng, 1, k=task_config.num_operands)[0]
+            lines.append((prompt(problem, COT) + completion(problem, COT))[1:-1])
+        elif u < 0.30:
+            lines.append(_prose(rng))
+        elif u < 0.75:
+            lines.append(_fact(rng))
+        else:
+            lines.append(_one_step_problem(rng, task))
+    return lines
+
+
+def corpus_text(config: CorpusConfig, task_config: TaskConfig) -> str:
+    """The whole corpus as one string; every line is preceded by a newline, as every prompt is."""
+    return "".join("\n" + line for line in generate_lines(config, task_config))
+

@@ -1,0 +1,55 @@
+"""Training batches: (inputs, targets, loss mask) for the one masked next-token loop.
+
+- Pretraining: windows of the corpus that start at a line boundary, so the model always sees a line's
+  beginning the way a task prompt begins (CALIBRATION.md's trap), loss on every token.
+- Task stages: prompt + completion, loss only where the mask says: `direct` masks everything but the
+  answer (and the newline that ends it, so the model learns to stop); `warmup` (CoT SFT) covers the trace
+  and the answer. Rows are right-padded; padding never carries loss.
+"""
+
+import numpy as np
+import torch
+
+from nanocot.task import Problem, completion, prompt
+from nanocot.tokenizer import Tokenizer
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs (B, T), targets (B, T), mask (B, T)
+
+
+def task_example(tok: Tokenizer, problem: Problem, mode: str) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + completion, and a 0/1 mask that is 1 exactly on the completion's tokens."""
+    prompt_ids = tok.encode(prompt(problem, mode))
+    completion_ids = tok.encode(completion(problem, mode))
+    return prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> Batch:
+    """Right-pad and shift by one: position t predicts token t+1, weighted by that token's mask."""
+    T = max(len(ids) for ids, _ in examples) - 1
+    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), T), dtype=torch.float32)
+    for row, (ids, m) in enumerate(examples):
+        n = len(ids) - 1
+        x[row, :n] = torch.tensor(ids[:-1])
+        y[row, :n] = torch.tensor(ids[1:])
+        mask[row, :n] = torch.tensor(m[1:], dtype=torch.float32)
+    return x.to(device), y.to(device), mask.to(device)
+
+
+class CorpusWindows:
+    """Line-aligned windows of `seq_len + 1` tokens from the tokenized corpus."""
+
+    def __init__(self, tok: Tokenizer, text: str, seq_len: int):
+        self.tokens = torch.tensor(tok.encode(text), dtype=torch.long)
+        starts = (self.tokens == tok.newline_id).nonzero().flatten()
+        self.starts = starts[starts + seq_len + 1 <= len(self.tokens)]
+        if len(self.starts) == 0:
+            raise ValueError(f"corpus of {len(self.tokens)} tokens is shorter than one window of {seq_len + 1}")
+        self.seq_len = seq_len
+
+    def batch(self, rng: np.random.Generator, batch_size: int, device) -> Batch:
+        picks = self.starts[torch.from_numpy(rng.integers(0, len(self.starts), size=batch_size))]
+        offsets = picks[:, None] + torch.arange(self.seq_len + 1)  # (B, T+1)
+        window = self.tokens[offsets]
+        return window[:, :-1].to(device), window[:, 1:].to(device), torch.ones(batch_size, self.seq_len, device=device)

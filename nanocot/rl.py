@@ -1,0 +1,258 @@
+"""REINFORCE on outcome reward: the seed's "reward the entire chain of thought when the answer is right".
+
+- Each step: P training problems, G sampled completions each (temperature T), reward 1/0 from the final
+  answer only (task.reward: no format or step reward).
+- Advantage = reward - baseline; the baseline is leave-one-out (mean of the other G-1 rewards of the same
+  prompt, default) or the group mean. A group whose G rewards are all equal carries no signal: its
+  advantages are exactly zero, and it is left out of the token count, so it does not dilute the others.
+- Loss = -sum(advantage * log-prob of every sampled token) / (number of sampled tokens in informative
+  groups); the prompt is never in the loss. A step with no informative group is skipped entirely: Adam
+  would otherwise turn a zero gradient plus stale momentum into a full-size step (CALIBRATION.md's
+  collapse from a 12% start).
+- Optional: KL penalty to the starting policy and an entropy bonus (both off by default).
+- Paraphrase in the loop (`paraphrase_prob`): the sampled trace is rewritten (e.g. operands swapped) and
+  the answer is re-sampled after the rewritten trace; the reward is on that answer. The trace tokens are
+  reinforced in their own context, the answer tokens in the paraphrased one.
+"""
+
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nanocot.metrics import cot_completions
+from nanocot.model import GPT
+from nanocot.paraphrase import PARAPHRASERS
+from nanocot.sampling import generate
+from nanocot.task import COT, ModularAddition, Problem, prompt, reward
+from nanocot.tokenizer import Tokenizer
+from nanocot.trace import split_answer
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    steps: int = 300
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k filtering
+    baseline: str = "loo"  # "loo" (leave-one-out) or "mean" (group mean)
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    curriculum: str = "mixed"  # "mixed": k uniform in [min_operands, k] per step; "target": always k; "ramp": easy -> hard
+    paraphrase_prob: float = 0.0
+    paraphraser: str = "swap"
+    max_new_tokens: int = 80
+    eval_every: int = 50
+    eval_problems: int = 300
+    pass_k: int = 8
+    pass_problems: int = 100
+    seed: int = 0
+
+
+def advantages(rewards: torch.Tensor, baseline: str) -> torch.Tensor:
+    """rewards (P, G) -> advantages (P, G). Leave-one-out: r_i - mean_{j != i} r_j."""
+    G = rewards.shape[1]
+    if baseline == "mean":
+        return rewards - rewards.mean(1, keepdim=True)
+    if baseline == "loo":
+        return rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1)
+    raise ValueError(f"unknown baseline {baseline!r}: use 'loo' or 'mean'")
+
+
+def sequence_logprobs(model: GPT, contexts: list[list[int]], generated: list[list[int]], pad_id: int):
+    """Per-token log-probs (and entropies) of `generated[i]` after `contexts[i]`, padded: (N, T) each,
+    plus the 0/1 mask of real generated tokens."""
+    device = next(model.parameters()).device
+    seqs = [c + g for c, g in zip(contexts, generated)]
+    T = max(len(s) for s in seqs) - 1
+    x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    y = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T))
+    for row, (c, s) in enumerate(zip(contexts, seqs)):
+        x[row, : len(s) - 1] = torch.tensor(s[:-1])
+        y[row, : len(s) - 1] = torch.tensor(s[1:])
+        mask[row, len(c) - 1 : len(s) - 1] = 1.0  # positions whose *next* token was generated
+    x, y, mask = x.to(device), y.to(device), mask.to(device)
+    logp_all = F.log_softmax(model(x).float(), dim=-1)  # (N, T, V)
+    logp = logp_all.gather(-1, y[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp * mask, entropy * mask, mask
+
+
+class Reinforce:
+    """Holds the policy, its optimizer and the starting policy; `step()` does one on-policy update."""
+
+    def __init__(self, model: GPT, task: ModularAddition, config: RLConfig, reference: GPT | None = None):
+        self.model, self.task, self.config = model, task, config
+        self.tok = Tokenizer()
+        self.reference = reference  # frozen starting policy, for the KL term and the KL log
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),
+                                           weight_decay=config.weight_decay)
+        self.rng = np.random.default_rng(config.seed)
+        self.py_rng = random.Random(config.seed)
+        self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)
+        self.step_index = 0
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: optimizer, step, and all three random streams."""
+        return {"optimizer": self.optimizer.state_dict(), "step": self.step_index,
+                "numpy_rng": self.rng.bit_generator.state, "python_rng": list(self.py_rng.getstate()[1]),
+                "python_rng_pos": self.py_rng.getstate()[0:1] + self.py_rng.getstate()[2:],
+                "torch_generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_index = state["step"]
+        self.rng.bit_generator.state = state["numpy_rng"]
+        version, gauss = state["python_rng_pos"]
+        self.py_rng.setstate((version, tuple(state["python_rng"]), gauss))
+        self.generator.set_state(state["torch_generator"])
+
+    def _num_operands(self) -> int:
+        cfg = self.task.config
+        if self.config.curriculum == "target":
+            return cfg.num_operands
+        if self.config.curriculum == "ramp":  # easiest k first, the target k for the last half
+            frac = self.step_index / max(1, self.config.steps)
+            span = cfg.num_operands - cfg.min_operands
+            return min(cfg.num_operands, cfg.min_operands + int(frac * 2 * span + 0.5))
+        return int(self.rng.integers(cfg.min_operands, cfg.num_operands + 1))
+
+    def _sample(self, problems: list[Problem]):
+        """Sample G completions per problem; apply paraphrase-in-the-loop; return segments and rewards."""
+        cfg, tok = self.config, self.tok
+        G = cfg.samples_per_prompt
+        prompts = [tok.encode(prompt(p, COT)) for p in problems for _ in range(G)]
+        self.model.eval()
+        samples = generate(self.model, prompts, cfg.max_new_tokens, tok.newline_id, tok.pad_id,
+                           temperature=cfg.temperature, top_k=cfg.top_k or None, generator=self.generator)
+        rows = [row[:n] for row, n in zip(samples.tokens.tolist(), samples.lengths())]
+        contexts, generated, owner, texts = [], [], [], []
+        paraphrased_at = []  # (sample index, context for the re-sampled answer)
+        for i, ids in enumerate(rows):
+            text = tok.decode(ids)
+            parts = split_answer(text)
+            if cfg.paraphrase_prob > 0 and parts and self.py_rng.random() < cfg.paraphrase_prob:
+                new_body = PARAPHRASERS[cfg.paraphraser](parts[0], self.py_rng)
+                if new_body is not None:
+                    body_ids = tok.encode(parts[0])
+                    contexts.append(prompts[i]), generated.append(body_ids), owner.append(i)
+                    paraphrased_at.append((i, prompts[i] + tok.encode(new_body)))
+                    texts.append(None)
+                    continue
+            contexts.append(prompts[i]), generated.append(ids), owner.append(i)
+            texts.append(text)
+        if paraphrased_at:  # re-sample the answers after the paraphrased traces
+            answer_prompts = [c for _, c in paraphrased_at]
+            answers = generate(self.model, answer_prompts, 4, tok.newline_id, tok.pad_id,
+                               temperature=cfg.temperature, top_k=cfg.top_k or None, generator=self.generator)
+            for (i, ctx), row, n in zip(paraphrased_at, answers.tokens.tolist(), answers.lengths()):
+                contexts.append(ctx), generated.append(row[:n]), owner.append(i)
+                texts[i] = tok.decode(ctx[len(prompts[i]):] + row[:n])  # the paraphrased completion
+        self.model.train()
+        rewards = torch.tensor([reward(problems[i // G], texts[i], COT) for i in range(len(rows))])
+        return contexts, generated, owner, rewards.view(len(problems), G), texts, rows
+
+    def step(self) -> dict:
+        cfg = self.config
+        t0 = time.perf_counter()
+        problems = self.task.sample_train(self.rng, cfg.prompts_per_step, k=self._num_operands())
+        contexts, generated, owner, rewards, texts, rows = self._sample(problems)
+        t1 = time.perf_counter()
+
+        adv = advantages(rewards, cfg.baseline)  # (P, G)
+        informative = (rewards.max(1).values != rewards.min(1).values)  # (P,)
+        G = cfg.samples_per_prompt
+        logp, entropy, mask = sequence_logprobs(self.model, contexts, generated, self.tok.pad_id)
+        owner_t = torch.tensor(owner)
+        seg_adv = adv.flatten()[owner_t].to(logp.device)  # (S,) advantage of each segment's sample
+        seg_informative = informative[owner_t // G].float().to(logp.device)
+        n_tokens = (mask.sum(1) * seg_informative).sum()
+        stats = {"reward": rewards.mean().item(), "informative_groups": informative.float().mean().item(),
+                 "trace_length": float(np.mean([len(r) for r in rows])),
+                 "entropy": (entropy.sum() / mask.sum()).item()}
+        kl_tokens = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logp, _, _ = sequence_logprobs(self.reference, contexts, generated, self.tok.pad_id)
+            log_ratio = (ref_logp - logp) * mask
+            kl_tokens = (log_ratio.exp() - 1 - log_ratio) * mask  # k3 estimator of KL(policy || start), >= 0
+            stats["kl"] = (kl_tokens.sum() / mask.sum()).item()
+        if n_tokens.item() == 0:
+            stats.update(loss=0.0, skipped=1.0, seconds_sampling=t1 - t0, seconds_learning=time.perf_counter() - t1)
+            self.step_index += 1
+            return stats
+        weighted = (seg_adv * seg_informative)[:, None] * logp  # (S, T)
+        loss = -weighted.sum() / n_tokens
+        if cfg.entropy_coef > 0:
+            loss = loss - cfg.entropy_coef * entropy.sum() / mask.sum()
+        if cfg.kl_coef > 0 and kl_tokens is not None:
+            loss = loss + cfg.kl_coef * kl_tokens.sum() / mask.sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.step_index += 1
+        stats.update(loss=loss.item(), skipped=0.0, seconds_sampling=t1 - t0, seconds_learning=time.perf_counter() - t1)
+        return stats
+
+
+@torch.no_grad()
+def evaluate_cot(model: GPT, task: ModularAddition, config: RLConfig, seed: int = 1234) -> dict:
+    """Held-out greedy accuracy, sampled pass@1 and pass@k (k = config.pass_k) at the RL temperature."""
+    tok = Tokenizer()
+    model.eval()
+    test = task.test_set()
+    greedy = cot_completions(model, tok, test[: config.eval_problems])
+    accuracy = float(np.mean([reward(p, t) for p, t in zip(test, greedy)]))
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    problems = test[: config.pass_problems]
+    repeated = [p for p in problems for _ in range(config.pass_k)]
+    texts = cot_completions(model, tok, repeated, greedy=False, temperature=config.temperature, generator=gen)
+    hits = np.array([reward(p, t) for p, t in zip(repeated, texts)]).reshape(len(problems), config.pass_k)
+    model.train()
+    return {"test_accuracy": accuracy, "pass@1": float(hits.mean()), f"pass@{config.pass_k}": float(hits.max(1).mean())}
+
+
+def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT | None = None,
+             resume: dict | None = None, save=None, save_every: int = 0) -> dict:
+    """Run REINFORCE up to config.steps; returns the run's record (per-step logs and periodic evals).
+
+    `resume` is a state saved by an earlier call (through `save(record, trainer_state)`, every
+    `save_every` steps); the run continues from its step with the same optimizer and random streams.
+    """
+    torch.manual_seed(config.seed)
+    trainer = Reinforce(model, task, config, reference)
+    record = {"steps": [], "eval": [], "seconds": 0.0}
+    if resume is not None:
+        trainer.load_state_dict(resume["trainer"])
+        record = resume["record"]
+    start, elapsed_before = time.perf_counter(), record["seconds"]
+    moving = record["steps"][-1]["reward_avg"] if record["steps"] else None
+    bar = tqdm(range(trainer.step_index, config.steps), desc="rl", dynamic_ncols=True,
+               initial=trainer.step_index, total=config.steps)
+    for step in bar:
+        if config.eval_every > 0 and step % config.eval_every == 0:
+            record["eval"].append({"step": step, **evaluate_cot(model, task, config)})
+        stats = trainer.step()
+        moving = stats["reward"] if moving is None else 0.95 * moving + 0.05 * stats["reward"]
+        record["steps"].append({"step": step, "reward_avg": moving, **stats})
+        bar.set_postfix({"reward": f"{moving:.2f}", "len": f"{stats['trace_length']:.0f}",
+                         **({"acc": f"{record['eval'][-1]['test_accuracy']:.2f}"} if record["eval"] else {})},
+                        refresh=False)
+        record["seconds"] = elapsed_before + time.perf_counter() - start
+        if save is not None and save_every > 0 and (step + 1) % save_every == 0 and step + 1 < config.steps:
+            save(record, trainer.state_dict())
+    record["eval"].append({"step": config.steps, **evaluate_cot(model, task, config)})
+    record["seconds"] = elapsed_before + time.perf_counter() - start
+    record["seconds_sampling"] = sum(s["seconds_sampling"] for s in record["steps"])
+    record["seconds_learning"] = sum(s["seconds_learning"] for s in record["steps"])
+    return record

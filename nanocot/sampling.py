@@ -1,0 +1,94 @@
+"""Batched generation with a KV cache, for RL and evaluation alike.
+
+- Prompts of different lengths are grouped by length, so rows of one group share positions and need no
+  padding or attention masks (learned absolute positions would shift under left-padding).
+- One forward pass per new token: the prompt is fed once (prefill), then each step feeds only the token
+  just sampled; `use_cache=False` recomputes the whole prefix instead (slow; kept to test the cache).
+- Each row stops at its first newline; its later positions are padding with mask 0.
+- Returned log-probs are the *model's* (temperature 1, no top-k) log-probabilities of the sampled tokens,
+  the quantity REINFORCE differentiates; temperature and top-k only shape which tokens are drawn.
+- Seeded by a `torch.Generator`, so a run is reproducible and cached and uncached sampling draw alike.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nanocot.model import GPT, KVCache
+
+
+@dataclass
+class Samples:
+    tokens: torch.Tensor  # (N, T) generated token ids, padded with pad_id after each row's stop
+    logprobs: torch.Tensor  # (N, T) model log-prob of each generated token (0 where mask is 0)
+    mask: torch.Tensor  # (N, T) 1.0 on generated tokens up to and including the stop token
+
+    def lengths(self) -> list[int]:
+        return self.mask.sum(1).long().tolist()
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop_id: int,
+    pad_id: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Samples:
+    """Continue each prompt until its first `stop_id` or `max_new_tokens`; returns rows in prompt order."""
+    device = next(model.parameters()).device
+    N = len(prompts)
+    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((N, max_new_tokens), device=device)
+    mask = torch.zeros((N, max_new_tokens), device=device)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        if not 0 < len(p) < model.config.block_size:
+            raise ValueError(f"prompt {i} has {len(p)} tokens; it must have 1..{model.config.block_size - 1}")
+        groups[len(p)].append(i)
+    for length, rows in groups.items():
+        budget = min(max_new_tokens, model.config.block_size - length)
+        t, lp, m = _generate_group(model, torch.tensor([prompts[i] for i in rows], device=device), budget,
+                                   stop_id, pad_id, temperature, top_k, greedy, generator, use_cache)
+        index = torch.tensor(rows, device=device)
+        tokens[index, : t.shape[1]], logprobs[index, : t.shape[1]], mask[index, : t.shape[1]] = t, lp, m
+    return Samples(tokens, logprobs, mask)
+
+
+def _generate_group(model, prompt, budget, stop_id, pad_id, temperature, top_k, greedy, generator, use_cache):
+    B = prompt.shape[0]
+    device = prompt.device
+    cache = KVCache(model.config, B, prompt.shape[1] + budget, device) if use_cache else None
+    out = torch.full((B, budget), pad_id, dtype=torch.long, device=device)
+    out_lp = torch.zeros((B, budget), device=device)
+    out_mask = torch.zeros((B, budget), device=device)
+    alive = torch.ones(B, dtype=torch.bool, device=device)
+    logits = model(prompt, cache)[:, -1]  # (B, V): prefill
+    for step in range(budget):
+        logp = F.log_softmax(logits.float(), dim=-1)
+        if greedy:
+            next_id = logp.argmax(-1)
+        else:
+            scaled = logits.float() / temperature
+            if top_k is not None and top_k < scaled.shape[-1]:
+                kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            next_id = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(1)
+        out[:, step] = torch.where(alive, next_id, pad_id)
+        out_lp[:, step] = torch.where(alive, logp.gather(1, next_id[:, None]).squeeze(1), 0.0)
+        out_mask[:, step] = alive.float()
+        alive = alive & (next_id != stop_id)
+        if not alive.any() or step == budget - 1:
+            return out[:, : step + 1], out_lp[:, : step + 1], out_mask[:, : step + 1]
+        if use_cache:
+            logits = model(next_id[:, None], cache)[:, -1]
+        else:
+            logits = model(torch.cat([prompt, out[:, : step + 1]], dim=1))[:, -1]
+    return out[:, :0], out_lp[:, :0], out_mask[:, :0]  # budget == 0

@@ -1,0 +1,98 @@
+"""The supervised stages as library functions: pretraining, direct-answer SFT, CoT warm-up.
+
+Each returns a checkpoint payload (see checkpoint.py); train_sft.py is a thin CLI around them. A later
+stage starts from the pretrained payload and inherits its task and corpus configs, so every stage of a
+model agrees on one train/test split.
+"""
+
+
+
+import numpy as np
+import torch
+
+from nanocot.config import CorpusConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
+from nanocot.corpus import corpus_text
+from nanocot.data import CorpusWindows, collate, task_example
+from nanocot.metrics import direct_accuracy
+from nanocot.model import GPT
+from nanocot.task import COT, DIRECT, ModularAddition
+from nanocot.tokenizer import Tokenizer
+from nanocot.train import train
+
+
+def build_model(payload: dict, device) -> GPT:
+    """Rebuild a model from a checkpoint payload."""
+    from nanocot.config import ModelConfig
+
+    model = GPT(from_dict(ModelConfig, payload["model_config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device)
+
+
+def _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, history) -> dict:
+    return {
+        "size": size,
+        "stage": stage,
+        "model_config": to_dict(model.config),
+        "task_config": to_dict(task_cfg),
+        "corpus_config": to_dict(corpus_cfg),
+        "train_config": to_dict(train_cfg),
+        "vocab": list(tok.vocab),
+        "params": model.num_params(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "step": train_cfg.steps,
+        "seconds": record["seconds"],
+        "flops": record["flops"],
+        "record": record,
+        "history": history + [{"stage": stage, "steps": train_cfg.steps, "seconds": record["seconds"], "flops": record["flops"]}],
+    }
+
+
+def pretrain(size: str, train_cfg: TrainConfig, task_cfg: TaskConfig, corpus_cfg: CorpusConfig, device) -> dict:
+    tok = Tokenizer()
+    torch.manual_seed(train_cfg.seed)
+    model = GPT(model_config(size, len(tok))).to(device)
+    windows = CorpusWindows(tok, corpus_text(corpus_cfg, task_cfg), model.config.block_size)
+    rng = np.random.default_rng(train_cfg.seed)
+    record = train(model, train_cfg, lambda step: windows.batch(rng, train_cfg.batch_size, device), desc=f"{size} pretrain")
+    record["corpus_tokens"] = len(windows.tokens)
+    return _payload(model, size, "pretrain", train_cfg, task_cfg, corpus_cfg, tok, record, [])
+
+
+def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_examples: int = 0) -> dict:
+    """Direct-answer SFT (`direct`) or CoT warm-up on reference traces (`warmup`) from a pretrained payload.
+
+    num_examples > 0 draws a fixed pool of that many training problems (a small warm-up set); 0 draws
+    fresh problems every step.
+    """
+    tok = Tokenizer()
+    task_cfg = from_dict(TaskConfig, pretrained["task_config"])
+    task = ModularAddition(task_cfg)
+    mode = DIRECT if stage == "direct" else COT
+    model = build_model(pretrained, device)
+    rng = np.random.default_rng(train_cfg.seed)
+    pool = task.sample_train(rng, num_examples) if num_examples > 0 else None
+
+    def next_batch(step: int):
+        if pool is not None:
+            problems = [pool[i] for i in rng.integers(0, len(pool), size=train_cfg.batch_size)]
+        else:
+            problems = task.sample_train(rng, train_cfg.batch_size)
+        return collate([task_example(tok, p, mode) for p in problems], tok.pad_id, device)
+
+    test, train_sample = task.test_set(), task.train_sample(1000)
+
+    def evaluate(m: GPT) -> dict:
+        if mode == DIRECT:
+            return {"test_accuracy": direct_accuracy(m, tok, test), "train_accuracy": direct_accuracy(m, tok, train_sample)}
+        from nanocot.metrics import cot_accuracy  # CoT needs generation
+
+        return {"test_accuracy": cot_accuracy(m, tok, test[:300]), "train_accuracy": cot_accuracy(m, tok, train_sample[:300])}
+
+    record = train(model, train_cfg, next_batch, evaluate, desc=f"{pretrained['size']} {stage}")
+    record["num_examples"] = num_examples
+    corpus_cfg = from_dict(CorpusConfig, pretrained["corpus_config"])
+    return _payload(model, pretrained["size"], stage, train_cfg, task_cfg, corpus_cfg, tok, record, pretrained["history"])
+
+
+

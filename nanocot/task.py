@@ -1,0 +1,207 @@
+"""Modular addition, `(x1 + ... + xk) mod m`: problems, splits, prompts, reference traces, parser, reward.
+
+- Two prompt formats that differ in one character, both starting with a newline as every corpus line does
+  (CALIBRATION.md: a prompt that does not look like the corpus loses the pretrained skills):
+      direct:  "\\n8+7+12+5%21="  ->  "11\\n"
+      cot:     "\\n8+7+12+5%21:"  ->  "8+7=15,15+12=27-21=6,6+5=11;11\\n"
+- The reference trace is a running sum, one step per operand, each step reduced into [0, m) by repeated
+  subtraction (or addition, for negative sums) of m. It ends with ";answer".
+- The train/test split is by the *whole problem* (a keyed hash of operands and modulus), so no test problem
+  is ever trained on, whatever the seed; out-of-distribution (OOD) splits are named and never trained on.
+- Parsing is strict: a completion that is not exactly the expected shape earns no reward. A lenient parser
+  that accepts junk, or a buggy one that rejects everything, silently breaks RL.
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from nanocot.config import TaskConfig
+from nanocot.tokenizer import MAX_NUMBER
+
+DIRECT, COT = "direct", "cot"
+MAX_OPERANDS = 8  # prompt + trace of k + 2 operands (the OOD split) must fit a 96-token context
+_INT = r"(0|-?[1-9]\d*)"  # no leading zeros, no "-0": one number has one spelling
+_DIRECT_ANSWER = re.compile(rf"^{_INT}$")
+_COT_ANSWER = re.compile(rf"^([^;\n]+);{_INT}$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    operands: tuple[int, ...]
+    modulus: int
+
+    @property
+    def answer(self) -> int:
+        return sum(self.operands) % self.modulus  # Python's % is in [0, m) for negative sums too
+
+    def expression(self) -> str:
+        return "+".join(str(x) for x in self.operands) + f"%{self.modulus}"
+
+
+def prompt(problem: Problem, mode: str) -> str:
+    if mode not in (DIRECT, COT):
+        raise ValueError(f"unknown prompt mode {mode!r}: use {DIRECT!r} or {COT!r}")
+    return "\n" + problem.expression() + ("=" if mode == DIRECT else ":")
+
+
+def reduce_chain(total: int, modulus: int) -> str:
+    """'27-21=6' style reduction of `total` into [0, m); empty if already there."""
+    text = ""
+    while total >= modulus:
+        text += f"-{modulus}={total - modulus}"
+        total -= modulus
+    while total < 0:
+        text += f"+{modulus}={total + modulus}"
+        total += modulus
+    return text
+
+
+def reference_steps(problem: Problem) -> list[str]:
+    """One step per added operand: '15+12=27-21=6'."""
+    steps, running = [], problem.operands[0]
+    for x in problem.operands[1:]:
+        total = running + x
+        steps.append(f"{running}+{x}={total}" + reduce_chain(total, problem.modulus))
+        running = total % problem.modulus
+    return steps
+
+
+def reference_trace(problem: Problem) -> str:
+    """The full CoT completion without the final newline: 'steps;answer'."""
+    return ",".join(reference_steps(problem)) + f";{problem.answer}"
+
+
+def completion(problem: Problem, mode: str) -> str:
+    """The supervised target that follows `prompt(problem, mode)`."""
+    return (str(problem.answer) if mode == DIRECT else reference_trace(problem)) + "\n"
+
+
+def parse_answer(text: str, mode: str) -> int | None:
+    """The final answer of a completion, or None if it is malformed. Stops at the first newline (where
+    generation stops); anything else that does not match the format exactly is rejected."""
+    line = text.split("\n", 1)[0]
+    if mode == DIRECT:
+        match = _DIRECT_ANSWER.match(line)
+        return int(match.group(1)) if match else None
+    if mode == COT:
+        match = _COT_ANSWER.match(line)
+        return int(match.group(2)) if match else None
+    raise ValueError(f"unknown prompt mode {mode!r}")
+
+
+def reward(problem: Problem, text: str, mode: str = COT) -> float:
+    """1.0 for a well-formed completion whose final answer is right, else 0.0 (outcome only)."""
+    return 1.0 if parse_answer(text, mode) == problem.answer else 0.0
+
+
+class ModularAddition:
+    """Owns the task's problem distribution and its splits."""
+
+    def __init__(self, config: TaskConfig) -> None:
+        validate(config)
+        self.config = config
+        self.train_moduli = [
+            m for m in range(config.min_modulus, config.max_modulus + 1) if m not in config.heldout_moduli
+        ]
+
+    def is_test(self, problem: Problem) -> bool:
+        key = f"{self.config.split_seed}|{problem.operands}|{problem.modulus}".encode()
+        bucket = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 1_000_000
+        return bucket < self.config.test_fraction * 1_000_000
+
+    def sample_train(self, rng: np.random.Generator, n: int, k: int | None = None) -> list[Problem]:
+        """n training problems. k=None mixes easier problems in (config.easier_fraction of them)."""
+        cfg, problems = self.config, []
+        while len(problems) < n:
+            if k is not None:
+                num = k
+            elif cfg.min_operands < cfg.num_operands and rng.random() < cfg.easier_fraction:
+                num = int(rng.integers(cfg.min_operands, cfg.num_operands))
+            else:
+                num = cfg.num_operands
+            m = int(rng.choice(self.train_moduli))
+            problem = Problem(tuple(int(x) for x in rng.integers(0, m, size=num)), m)
+            if not self.is_test(problem):
+                problems.append(problem)
+        return problems
+
+    def test_set(self, size: int | None = None) -> list[Problem]:
+        """Held-out in-distribution problems with k = num_operands; the same list for every seed."""
+        size = size or self.config.test_size
+        rng = np.random.default_rng([self.config.split_seed, 7])
+        seen, problems = set(), []
+        while len(problems) < size:
+            m = int(rng.choice(self.train_moduli))
+            problem = Problem(tuple(int(x) for x in rng.integers(0, m, size=self.config.num_operands)), m)
+            if self.is_test(problem) and problem not in seen:
+                seen.add(problem)
+                problems.append(problem)
+        return problems
+
+    def train_sample(self, size: int) -> list[Problem]:
+        """A fixed sample of k = num_operands training problems, for train-accuracy curves."""
+        rng = np.random.default_rng([self.config.split_seed, 11])
+        return self.sample_train(rng, size, k=self.config.num_operands)
+
+    def ood_splits(self, size: int | None = None) -> dict[str, list[Problem]]:
+        """Named out-of-distribution splits, none of them ever trained on."""
+        cfg, size = self.config, size or self.config.ood_size
+        k = cfg.num_operands
+        rng = np.random.default_rng([cfg.split_seed, 13])
+
+        def draw(make) -> list[Problem]:
+            return [make() for _ in range(size)]
+
+        def negative() -> Problem:  # operands in (-m, m), at least one negative
+            m = int(rng.choice(self.train_moduli))
+            while True:
+                ops = tuple(int(x) for x in rng.integers(-m + 1, m, size=k))
+                if min(ops) < 0:
+                    return Problem(ops, m)
+
+        def larger() -> Problem:  # operands in [0, 2m), at least one >= m (the seed's 6 + 2 mod 5)
+            m = int(rng.choice(self.train_moduli))
+            while True:
+                ops = tuple(int(x) for x in rng.integers(0, 2 * m, size=k))
+                if max(ops) >= m:
+                    return Problem(ops, m)
+
+        def unseen_moduli() -> Problem:
+            m = int(rng.choice(list(cfg.heldout_moduli)))
+            return Problem(tuple(int(x) for x in rng.integers(0, m, size=k)), m)
+
+        def more_operands() -> Problem:
+            m = int(rng.choice(self.train_moduli))
+            return Problem(tuple(int(x) for x in rng.integers(0, m, size=k + 2)), m)
+
+        splits = {"negative": draw(negative), "larger": draw(larger), "more_operands": draw(more_operands)}
+        if cfg.heldout_moduli:
+            splits["unseen_moduli"] = draw(unseen_moduli)
+        return splits
+
+
+def validate(config: TaskConfig) -> None:
+    """Reject impossible task settings with a message a user can act on."""
+    if config.min_modulus < 2:
+        raise ValueError(f"min modulus must be >= 2, got {config.min_modulus}")
+    if config.max_modulus < config.min_modulus:
+        raise ValueError(f"modulus range is inverted: {config.min_modulus}..{config.max_modulus}")
+    if config.num_operands < 2 or not 2 <= config.min_operands <= config.num_operands:
+        raise ValueError(f"need 2 <= min operands <= operands, got {config.min_operands}, {config.num_operands}")
+    if not 0.0 <= config.easier_fraction <= 1.0:
+        raise ValueError(f"easier fraction must be in [0, 1], got {config.easier_fraction}")
+    if not 0.0 < config.test_fraction < 0.5:
+        raise ValueError(f"test fraction must be in (0, 0.5), got {config.test_fraction}")
+    if 3 * config.max_modulus - 2 > MAX_NUMBER:  # the "larger" OOD split's running sums reach 3m - 2
+        raise ValueError(f"max modulus must be <= {(MAX_NUMBER + 2) // 3} so every number stays in the vocabulary")
+    if config.num_operands > MAX_OPERANDS:
+        raise ValueError(f"at most {MAX_OPERANDS} operands fit the models' context (with the OOD +2), got {config.num_operands}")
+    train = [m for m in range(config.min_modulus, config.max_modulus + 1) if m not in config.heldout_moduli]
+    if not train:
+        raise ValueError("every modulus is held out: nothing is left to train on")
+    test_problems = sum(m**config.num_operands for m in train) * config.test_fraction
+    if test_problems < 2 * config.test_size:
+        raise ValueError(f"only about {test_problems:.0f} test problems exist for this range; widen the moduli or use more operands")

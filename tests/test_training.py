@@ -1,0 +1,150 @@
+"""Training inputs and the loop: loss masks, collate, corpus windows, lr schedule, masked loss, pretraining."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_model
+from nanocot.config import CorpusConfig, TaskConfig, TrainConfig
+from nanocot.corpus import corpus_text
+from nanocot.data import CorpusWindows, collate, task_example
+from nanocot.task import COT, DIRECT, Problem, prompt, reference_trace
+from nanocot.train import lr_at, masked_loss
+
+PROBLEM = Problem((8, 7, 12, 5), 21)
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_direct_mask_covers_exactly_the_answer(tok):
+    """Direct SFT must learn the answer and the newline that stops it, never to predict the prompt."""
+    ids, mask = task_example(tok, PROBLEM, DIRECT)
+    assert len(ids) == len(mask)
+    assert sum(mask) == 2 and mask[-2:] == [1, 1]
+    assert ids[-2:] == [tok.number_id(11), tok.newline_id]
+    assert tok.decode(ids[: -2]) == prompt(PROBLEM, DIRECT)
+    assert all(m == 0 for m in mask[:-2])
+
+
+def test_cot_mask_covers_exactly_trace_answer_newline(tok):
+    ids, mask = task_example(tok, PROBLEM, COT)
+    n_prompt = len(tok.encode(prompt(PROBLEM, COT)))
+    assert mask == [0] * n_prompt + [1] * (len(ids) - n_prompt)
+    assert tok.decode(ids[:n_prompt]) == prompt(PROBLEM, COT)
+    assert tok.decode([t for t, m in zip(ids, mask) if m]) == reference_trace(PROBLEM) + "\n"
+
+
+def test_collate_shifts_and_pads(tok):
+    """Position t predicts token t+1 with token t+1's mask; padding carries no loss."""
+    short = task_example(tok, Problem((1, 2), 10), DIRECT)
+    long = task_example(tok, PROBLEM, COT)
+    x, y, mask = collate([short, long], tok.pad_id, "cpu")
+    T = len(long[0]) - 1
+    assert x.shape == y.shape == mask.shape == (2, T)
+    for row, (ids, m) in enumerate([short, long]):
+        n = len(ids) - 1
+        assert x[row, :n].tolist() == ids[:-1]
+        assert y[row, :n].tolist() == ids[1:]
+        assert mask[row, :n].tolist() == [float(v) for v in m[1:]]
+        assert torch.all(x[row, n:] == tok.pad_id) and torch.all(y[row, n:] == tok.pad_id)
+        assert torch.all(mask[row, n:] == 0)
+    assert x.dtype == y.dtype == torch.long and mask.dtype == torch.float32
+
+
+def test_corpus_windows_start_at_line_boundaries(tok):
+    """Each pretraining window starts with a newline, exactly as every task prompt does."""
+    text = corpus_text(CorpusConfig(num_lines=300), TaskConfig())
+    windows = CorpusWindows(tok, text, seq_len=40)
+    x, y, mask = windows.batch(np.random.default_rng(0), 16, "cpu")
+    assert x.shape == y.shape == mask.shape == (16, 40)
+    assert torch.all(x[:, 0] == tok.newline_id)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.all(mask == 1)
+    with pytest.raises(ValueError):
+        CorpusWindows(tok, "\n1+2=3", seq_len=40)
+
+
+# ------------------------------------------------------------------------------------- lr and the loss
+
+
+def test_lr_schedule_shape():
+    """Linear warm-up to the peak, then a monotone cosine decay to lr * min_lr_ratio at the last step."""
+    cfg = TrainConfig(steps=200, lr=1e-3, warmup_steps=20, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg) for s in range(cfg.steps + 1)]
+    assert lrs[0] == pytest.approx(cfg.lr / cfg.warmup_steps)
+    warm = lrs[: cfg.warmup_steps]
+    assert all(b > a for a, b in zip(warm, warm[1:]))
+    assert np.allclose(np.diff(warm), cfg.lr / cfg.warmup_steps)  # linear
+    assert lrs[cfg.warmup_steps - 1] == pytest.approx(cfg.lr)
+    assert lrs[cfg.warmup_steps] == pytest.approx(cfg.lr)
+    decay = lrs[cfg.warmup_steps :]
+    assert all(b < a for a, b in zip(decay, decay[1:]))
+    assert lrs[cfg.steps] == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+    mid = cfg.warmup_steps + (cfg.steps - cfg.warmup_steps) // 2
+    assert lrs[mid] == pytest.approx(cfg.lr * (0.1 + 0.9 * 0.5))  # cosine: halfway is the mean
+    quarter = cfg.warmup_steps + (cfg.steps - cfg.warmup_steps) // 4  # and a quarter of the way is not linear
+    assert lrs[quarter] == pytest.approx(cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))
+    assert lr_at(10 * cfg.steps, cfg) == pytest.approx(cfg.lr * cfg.min_lr_ratio)  # never below the floor
+    assert min(lrs) > 0 and max(lrs) <= cfg.lr + 1e-12
+
+
+def test_lr_without_warmup():
+    cfg = TrainConfig(steps=10, lr=1.0, warmup_steps=0, min_lr_ratio=0.0)
+    assert lr_at(0, cfg) == pytest.approx(1.0)
+    assert lr_at(5, cfg) == pytest.approx(0.5)
+    assert lr_at(10, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+@torch.no_grad()
+def test_masked_loss_ignores_masked_positions(tok):
+    """Prompt tokens and padding must not contribute: changing their targets must not move the loss."""
+    model = make_model(len(tok), std=0.1)
+    examples = [task_example(tok, PROBLEM, COT), task_example(tok, Problem((3, 4), 12), DIRECT)]
+    x, y, mask = collate(examples, tok.pad_id, "cpu")
+    loss, acc = masked_loss(model, (x, y, mask))
+    logits = model(x)
+    per_token = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
+    assert loss.item() == pytest.approx((per_token[mask == 1]).mean().item(), rel=1e-5)
+
+    scrambled = y.clone()
+    scrambled[mask == 0] = (scrambled[mask == 0] + 17) % len(tok)
+    assert torch.allclose(masked_loss(model, (x, scrambled, mask))[0], loss)
+
+    changed = y.clone()
+    changed[mask == 1] = (changed[mask == 1] + 17) % len(tok)
+    assert not torch.allclose(masked_loss(model, (x, changed, mask))[0], loss)
+    assert 0.0 <= acc.item() <= 1.0
+
+
+def test_masked_loss_token_accuracy(tok):
+    model = make_model(len(tok), std=0.1)
+    x = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        pred = model(x).argmax(-1)
+    right = pred.clone()
+    wrong = (pred + 1) % len(tok)
+    mask = torch.tensor([[1.0, 0.0, 1.0]])
+    mixed = torch.where(torch.tensor([[True, False, False]]), right, wrong)
+    assert masked_loss(model, (x, right, mask))[1].item() == pytest.approx(1.0)
+    assert masked_loss(model, (x, mixed, mask))[1].item() == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+
+
+def test_tiny_pretraining_lowers_the_loss():
+    """End to end through corpus, windows, optimizer and schedule: the loss must actually go down."""
+    from nanocot.sft import pretrain
+
+    cfg = TrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=10, eval_every=0)
+    payload = pretrain("tiny", cfg, TaskConfig(), CorpusConfig(num_lines=2000), "cpu")
+    losses = payload["record"]["loss"]
+    assert len(losses) == 60 and all(math.isfinite(v) for v in losses)
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < first - 1.0, (first, last)
+    assert payload["record"]["tokens"] == 60 * 16 * payload["model_config"]["block_size"]
+    assert payload["size"] == "tiny" and payload["stage"] == "pretrain"
+    assert [h["stage"] for h in payload["history"]] == ["pretrain"]

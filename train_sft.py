@@ -1,0 +1,96 @@
+"""Supervised stages: pretrain on the toy corpus, direct-answer SFT, or the short CoT warm-up.
+
+    python train_sft.py --size small --stage pretrain
+    python train_sft.py --size small --stage direct      # starts from out/small-pretrain.pt
+    python train_sft.py --size small --stage warmup      # CoT warm-up on a few reference traces
+
+Writes DIR/<size>-<stage>.pt (atomically) and DIR/<size>-<stage>.png (its curves).
+"""
+
+from dataclasses import replace
+
+import torch
+
+from nanocot import checkpoint
+from nanocot.cli import Parser, UsageError, pick_device, positive_float, positive_int, probability, run_cli, seed_int, writable_dir
+from nanocot.config import SIZES, STAGE_DEFAULTS, STAGES, CorpusConfig, TaskConfig, from_dict, to_dict
+from nanocot.plots import plot_stage
+from nanocot.sft import finetune, pretrain
+from nanocot.task import validate
+from nanocot.tokenizer import Tokenizer
+
+
+def parse_args(argv=None):
+    task, corpus = TaskConfig(), CorpusConfig()
+    p = Parser(description=__doc__.split("\n")[0], prog="train_sft.py")
+    p.add_argument("--size", choices=SIZES, default="small", help="model preset (default: small)")
+    p.add_argument("--stage", choices=STAGES, default="pretrain", help="which supervised stage to run (default: pretrain)")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps (default: the stage's, see nanocot/config.py)")
+    p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: the stage's)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the stage's)")
+    p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations (default: the stage's)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for initialisation and data order (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints and plots (default: out)")
+    p.add_argument("--num-examples", type=int, default=0,
+                   help="warmup/direct only: train on a fixed pool of this many problems; 0 = fresh problems every step (default: 0)")
+    g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
+    g.add_argument("--operands", type=int, default=task.num_operands, help=f"operands per test problem, k (default: {task.num_operands})")
+    g.add_argument("--min-operands", type=int, default=task.min_operands, help=f"fewest operands mixed into training (default: {task.min_operands})")
+    g.add_argument("--min-modulus", type=int, default=task.min_modulus, help=f"smallest modulus (default: {task.min_modulus})")
+    g.add_argument("--max-modulus", type=int, default=task.max_modulus, help=f"largest modulus (default: {task.max_modulus})")
+    g.add_argument("--easier-fraction", type=probability, default=task.easier_fraction,
+                   help=f"share of training problems with fewer operands (default: {task.easier_fraction})")
+    g = p.add_argument_group("corpus (pretrain only)")
+    g.add_argument("--corpus-lines", type=positive_int, default=corpus.num_lines, help=f"lines of toy text (default: {corpus.num_lines})")
+    g.add_argument("--worked-fraction", type=probability, default=corpus.worked_fraction,
+                   help=f"share of corpus lines that are worked k-operand traces (default: {corpus.worked_fraction})")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.corpus_lines < 100:
+        raise UsageError(f"--corpus-lines must be >= 100 (enough text for pretraining windows), got {args.corpus_lines}")
+    if args.num_examples < 0:
+        raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
+    task_cfg = replace(TaskConfig(), num_operands=args.operands, min_operands=args.min_operands,
+                       min_modulus=args.min_modulus, max_modulus=args.max_modulus, easier_fraction=args.easier_fraction)
+    try:
+        validate(task_cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    corpus_cfg = replace(CorpusConfig(), num_lines=args.corpus_lines, worked_fraction=args.worked_fraction)
+    defaults = STAGE_DEFAULTS[args.stage]
+    train_cfg = replace(defaults, seed=args.seed, steps=args.steps or defaults.steps,
+                        batch_size=args.batch_size or defaults.batch_size, lr=args.lr or defaults.lr,
+                        eval_every=args.eval_every or defaults.eval_every)
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = writable_dir(args.ckpt_dir)
+    out_path = folder / f"{args.size}-{args.stage}.pt"
+
+    if args.stage == "pretrain":
+        payload = pretrain(args.size, train_cfg, task_cfg, corpus_cfg, device)
+    else:
+        source = folder / f"{args.size}-pretrain.pt"
+        if not source.exists():
+            raise UsageError(f"{source} not found: run `python train_sft.py --size {args.size} --stage pretrain "
+                             f"--ckpt-dir {args.ckpt_dir}` first")
+        pretrained = checkpoint.load(source, expect={"size": args.size, "stage": "pretrain", "vocab": Tokenizer().vocab})
+        if from_dict(TaskConfig, pretrained["task_config"]) != task_cfg and task_cfg != TaskConfig():
+            raise UsageError(f"{source} was pretrained for task {to_dict(from_dict(TaskConfig, pretrained['task_config']))}; "
+                             "task flags apply to --stage pretrain only")
+        payload = finetune(pretrained, args.stage, train_cfg, device, num_examples=args.num_examples)
+    checkpoint.save(out_path, payload)
+    plot_stage(payload["record"], out_path.with_suffix(".png"), f"{args.size} {args.stage}")
+    last = payload["record"]["eval"][-1] if payload["record"]["eval"] else {}
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "step")
+    print(f"{out_path}: {payload['params']:,} params, {train_cfg.steps} steps in {payload['seconds']:.0f}s"
+          + (f", {summary}" if summary else f", final loss {payload['record']['loss'][-1]:.3f}"))
+
+
+if __name__ == "__main__":
+    run_cli(main)
