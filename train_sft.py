@@ -14,7 +14,7 @@ import torch
 from nanocot import checkpoint
 from nanocot.cli import Parser, UsageError, pick_device, positive_float, positive_int, probability, run_cli, seed_int, writable_dir
 from nanocot.config import SIZES, STAGE_DEFAULTS, STAGES, CorpusConfig, TaskConfig, from_dict, to_dict
-from nanocot.plots import plot_stage
+from nanocot.plots import plot_direct_comparison, plot_stage
 from nanocot.sft import finetune, pretrain
 from nanocot.task import validate
 from nanocot.tokenizer import Tokenizer
@@ -86,6 +86,13 @@ def main(argv=None) -> None:
         payload = finetune(pretrained, args.stage, train_cfg, device, num_examples=args.num_examples)
     checkpoint.save(out_path, payload)
     plot_stage(payload["record"], out_path.with_suffix(".png"), f"{args.size} {args.stage}")
+    if args.stage == "direct":  # both sizes side by side, once both exist
+        records = {}
+        for size in SIZES:
+            path = folder / f"{size}-direct.pt"
+            if path.exists():
+                records[size] = payload["record"] if size == args.size else checkpoint.load(path)["record"]
+        plot_direct_comparison(records, folder / "direct-sft.png")
     last = payload["record"]["eval"][-1] if payload["record"]["eval"] else {}
     summary = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "step")
     print(f"{out_path}: {payload['params']:,} params, {train_cfg.steps} steps in {payload['seconds']:.0f}s"

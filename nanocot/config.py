@@ -26,8 +26,8 @@ class ModelConfig:
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(n_layer=1, n_head=2, d_model=32, d_mlp=64),
-    "small": ModelConfig(n_layer=1, n_head=4, d_model=64, d_mlp=256),
-    "large": ModelConfig(n_layer=3, n_head=4, d_model=128, d_mlp=512),
+    "small": ModelConfig(n_layer=1, n_head=4, d_model=64, d_mlp=64),
+    "large": ModelConfig(n_layer=1, n_head=4, d_model=64, d_mlp=512),
 }
 
 
@@ -77,8 +77,8 @@ class TrainConfig:
 STAGES = ("pretrain", "direct", "warmup")
 
 STAGE_DEFAULTS: dict[str, TrainConfig] = {
-    "pretrain": TrainConfig(steps=1500, batch_size=32, lr=3e-3, eval_every=500),
-    "direct": TrainConfig(steps=3000, batch_size=128, lr=2e-3, eval_every=250),
+    "pretrain": TrainConfig(steps=500, batch_size=32, lr=3e-3, eval_every=500),
+    "direct": TrainConfig(steps=8000, batch_size=128, lr=3e-3, eval_every=250),
     "warmup": TrainConfig(steps=200, batch_size=32, lr=1e-3, eval_every=50),
 }
 

@@ -1,6 +1,7 @@
 """The toy pretraining corpus: deterministic text lines, no downloads.
 
 What a small web-like text teaches before any task training (shares are of all lines):
+(The held-out moduli of the task never appear as a modulus anywhere in the text.)
 - prose (~30%): short sentences about people, animals and things, some with arithmetic in words
   ("ana has 3 pears and gets 4 more, so she has 7 pears.") and number words ("twelve is 12.");
 - arithmetic facts (~45%): additions "17+25=42", subtractions "27-21=6", modular remainders
@@ -37,7 +38,7 @@ def number_word(n: int) -> str:
     return tens[n // 10] + ("" if n % 10 == 0 else " " + WORDS[n % 10])
 
 
-def _prose(rng: np.random.Generator) -> str:
+def _prose(rng: np.random.Generator, moduli: list[int]) -> str:
     pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
     kind = int(rng.integers(5))
     if kind == 0:
@@ -52,22 +53,22 @@ def _prose(rng: np.random.Generator) -> str:
     if kind == 3:
         a, b = (int(x) for x in rng.integers(0, 21, size=2))
         return f"{number_word(a)} plus {number_word(b)} is {number_word(a + b)}."
-    m = int(rng.integers(2, 30))
+    m = int(rng.choice(moduli))
     h = int(rng.integers(0, 2 * m))
     return f"a clock with {m} hours shows {h % m} after {h} hours."
 
 
-def _fact(rng: np.random.Generator) -> str:
+def _fact(rng: np.random.Generator, moduli: list[int]) -> str:
     kind = int(rng.integers(4))
     if kind == 0:
         a, b = (int(x) for x in rng.integers(0, 60, size=2))
         return f"{a}+{b}={a + b}"
     if kind == 1:
-        m = int(rng.integers(2, 30))
+        m = int(rng.choice(moduli))
         total = int(rng.integers(m, 2 * m))
         return f"{total}-{m}={total - m}"
     if kind == 2:
-        m = int(rng.integers(2, 30))
+        m = int(rng.choice(moduli))
         total = int(rng.integers(0, 3 * m))
         return f"{total}%{m}={total % m}"
     ops = [int(x) for x in rng.integers(0, 30, size=int(rng.integers(3, 5)))]
@@ -88,6 +89,8 @@ def _one_step_problem(rng: np.random.Generator, task: ModularAddition) -> str:
 def generate_lines(config: CorpusConfig, task_config: TaskConfig) -> list[str]:
     rng = np.random.default_rng(config.seed)
     task = ModularAddition(task_config)
+    # moduli the text may mention: never the held-out ones, so "unseen moduli" are unseen everywhere
+    moduli = [m for m in range(2, task_config.max_modulus + 1) if m not in task_config.heldout_moduli]
     lines = []
     for _ in range(config.num_lines):
         u = rng.random()
@@ -95,9 +98,9 @@ def generate_lines(config: CorpusConfig, task_config: TaskConfig) -> list[str]:
             problem = task.sample_train(rng, 1, k=task_config.num_operands)[0]
             lines.append((prompt(problem, COT) + completion(problem, COT))[1:-1])
         elif u < 0.30:
-            lines.append(_prose(rng))
+            lines.append(_prose(rng, moduli))
         elif u < 0.75:
-            lines.append(_fact(rng))
+            lines.append(_fact(rng, moduli))
         else:
             lines.append(_one_step_problem(rng, task))
     return lines

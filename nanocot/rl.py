@@ -15,6 +15,7 @@
   reinforced in their own context, the answer tokens in the paraphrased one.
 """
 
+import copy
 import random
 import time
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class Reinforce:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: optimizer, step, and all three random streams."""
-        return {"optimizer": self.optimizer.state_dict(), "step": self.step_index,
+        return {"optimizer": copy.deepcopy(self.optimizer.state_dict()), "step": self.step_index,
                 "numpy_rng": self.rng.bit_generator.state, "python_rng": list(self.py_rng.getstate()[1]),
                 "python_rng_pos": self.py_rng.getstate()[0:1] + self.py_rng.getstate()[2:],
                 "torch_generator": self.generator.get_state()}
@@ -142,7 +143,8 @@ class Reinforce:
             parts = split_answer(text)
             if cfg.paraphrase_prob > 0 and parts and self.py_rng.random() < cfg.paraphrase_prob:
                 new_body = PARAPHRASERS[cfg.paraphraser](parts[0], self.py_rng)
-                if new_body is not None:
+                room = self.model.config.block_size - len(prompts[i]) - 2  # keep space for "answer\n"
+                if new_body is not None and len(tok.encode(new_body)) <= room:
                     body_ids = tok.encode(parts[0])
                     contexts.append(prompts[i]), generated.append(body_ids), owner.append(i)
                     paraphrased_at.append((i, prompts[i] + tok.encode(new_body)))
@@ -176,7 +178,10 @@ class Reinforce:
         seg_adv = adv.flatten()[owner_t].to(logp.device)  # (S,) advantage of each segment's sample
         seg_informative = informative[owner_t // G].float().to(logp.device)
         n_tokens = (mask.sum(1) * seg_informative).sum()
-        stats = {"reward": rewards.mean().item(), "informative_groups": informative.float().mean().item(),
+        n_seq_tokens = sum(len(c) + len(g) for c, g in zip(contexts, generated))
+        # FLOPs: sampling ~ one forward (2N/token), the start policy's forward (2N), learning (6N)
+        flops = n_seq_tokens * self.model.flops_per_token(logp.shape[1]) * 10 / 6
+        stats = {"reward": rewards.mean().item(), "flops": flops, "informative_groups": informative.float().mean().item(),
                  "trace_length": float(np.mean([len(r) for r in rows])),
                  "entropy": (entropy.sum() / mask.sum()).item()}
         kl_tokens = None
@@ -255,4 +260,5 @@ def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT
     record["seconds"] = elapsed_before + time.perf_counter() - start
     record["seconds_sampling"] = sum(s["seconds_sampling"] for s in record["steps"])
     record["seconds_learning"] = sum(s["seconds_learning"] for s in record["steps"])
+    record["flops"] = sum(s["flops"] for s in record["steps"])
     return record

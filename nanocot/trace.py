@@ -8,7 +8,7 @@ this parsed form, so "what a step says" is defined in exactly one place.
 import re
 from dataclasses import dataclass
 
-_NUM = r"-?\d+"
+_NUM = r"(?:0|-?[1-9]\d*)"  # one spelling per number: no leading zeros, no "-0"
 _STEP = re.compile(rf"^({_NUM})\+({_NUM})=({_NUM})((?:[+-]\d+={_NUM})*)$")
 _REDUCTION = re.compile(rf"([+-])(\d+)=({_NUM})")
 

@@ -151,7 +151,7 @@ def test_tiny_pretrain_then_direct_succeeds(end_to_end):
     folder, pre, direct = end_to_end
     assert pre.returncode == 0, pre.stderr[-3000:]
     assert direct is not None and direct.returncode == 0, direct.stderr[-3000:]
-    assert sorted(p.name for p in folder.iterdir()) == ["tiny-direct.png", "tiny-direct.pt", "tiny-pretrain.png",
+    assert sorted(p.name for p in folder.iterdir()) == ["direct-sft.png", "tiny-direct.png", "tiny-direct.pt", "tiny-pretrain.png",
                                                         "tiny-pretrain.pt"]
     for name in ("tiny-pretrain.png", "tiny-direct.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

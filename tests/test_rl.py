@@ -1,0 +1,398 @@
+"""REINFORCE: advantages, per-token log-probs, the direction of one real update, skipped steps, exact
+resume, paraphrase in the loop, and train_rl.py as a user runs it."""
+
+import copy
+import os
+import random
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nanocot.rl as rl
+from conftest import make_model
+from nanocot import checkpoint
+from nanocot.config import TaskConfig, model_config
+from nanocot.model import GPT
+from nanocot.paraphrase import swap_operands
+from nanocot.rl import Reinforce, RLConfig, advantages, sequence_logprobs
+from nanocot.sampling import Samples
+from nanocot.task import COT, ModularAddition, Problem, prompt, reference_trace
+from nanocot.tokenizer import Tokenizer
+
+TOK = Tokenizer()
+
+
+@pytest.fixture(scope="module")
+def task() -> ModularAddition:
+    return ModularAddition(TaskConfig())
+
+
+def tiny_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(model_config("tiny", len(TOK)))
+
+
+# --------------------------------------------------------------------------------------------- advantages
+
+
+def test_leave_one_out_advantages():
+    """r_i minus the mean of the *other* rewards: the lone success gets +1, each failure -1/3."""
+    adv = advantages(torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0]]), "loo")
+    assert torch.allclose(adv, torch.tensor([[1.0, -1 / 3, -1 / 3, -1 / 3], [2 / 3, 2 / 3, -2 / 3, -2 / 3]]))
+
+
+def test_mean_baseline_advantages():
+    adv = advantages(torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0]]), "mean")
+    assert torch.allclose(adv, torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.5, 0.5, -0.5, -0.5]]))
+
+
+@pytest.mark.parametrize("baseline", ["loo", "mean"])
+def test_all_equal_group_has_zero_advantage(baseline):
+    adv = advantages(torch.tensor([[1.0, 1, 1], [0.0, 0, 0], [1.0, 0, 1]]), baseline)
+    assert torch.equal(adv[:2], torch.zeros(2, 3))
+    assert adv[2].abs().sum() > 0
+
+
+def test_unknown_baseline_raises():
+    with pytest.raises(ValueError, match="baseline"):
+        advantages(torch.ones(2, 3), "median")
+
+
+# -------------------------------------------------------------------------------------------- log-probs
+
+
+@torch.no_grad()
+def test_sequence_logprobs_match_full_forward():
+    """The loss differentiates these: log_softmax of one forward over context + generated, read at the
+    generated tokens only; the mask is 1 exactly on generated tokens (never the prompt)."""
+    model = make_model(len(TOK), std=0.3)
+    contexts = [TOK.encode("\n8+7%21:"), TOK.encode("\n3+4+5%10:"), TOK.encode("\n1+1%12:")]
+    generated = [TOK.encode("8+7=15;15\n"), TOK.encode("3;"), TOK.encode("1+1=2,2+0=2;2\n")]
+    logp, entropy, mask = sequence_logprobs(model, contexts, generated, TOK.pad_id)
+    T = max(len(c) + len(g) for c, g in zip(contexts, generated)) - 1
+    assert logp.shape == entropy.shape == mask.shape == (3, T)
+    for i, (c, g) in enumerate(zip(contexts, generated)):
+        full = F.log_softmax(model(torch.tensor([c + g]))[0], dim=-1)  # (len, V)
+        positions = torch.arange(len(c) - 1, len(c) + len(g) - 1)
+        expected = full[positions, torch.tensor(g)]
+        assert torch.allclose(logp[i, positions], expected, atol=1e-5)
+        expected_entropy = -(full[positions].exp() * full[positions]).sum(-1)
+        assert torch.allclose(entropy[i, positions], expected_entropy, atol=1e-5)
+        want_mask = torch.zeros(T)
+        want_mask[positions] = 1.0
+        assert torch.equal(mask[i], want_mask), "mask must cover exactly the generated tokens"
+        assert torch.all(logp[i][want_mask == 0] == 0) and torch.all(entropy[i][want_mask == 0] == 0)
+    assert mask.sum().item() == sum(len(g) for g in generated)
+
+
+# -------------------------------------------------------------------------------------- one real update
+
+PROBLEM = Problem((8, 7, 12), 21)
+RIGHT = reference_trace(PROBLEM) + "\n"  # 8+7=15,15+12=27-21=6;6
+WRONG = "8+7=14,14+12=26-21=5;5\n"
+
+
+def _fixed_sample(groups: list[list[tuple[str, float]]]):
+    """A stand-in for Reinforce._sample returning fixed completions and rewards (one group per problem),
+    so Reinforce.step's own loss, skip and optimizer code runs on known data."""
+    ctx = TOK.encode(prompt(PROBLEM, COT))
+    contexts, generated, owner, rows, texts, rewards = [], [], [], [], [], []
+    for group in groups:
+        rewards.append([r for _, r in group])
+        for text, _ in group:
+            ids = TOK.encode(text)
+            owner.append(len(rows))
+            contexts.append(ctx), generated.append(ids), rows.append(ids), texts.append(text)
+    result = (contexts, generated, owner, torch.tensor(rewards), texts, rows)
+    return lambda problems: copy.deepcopy(result)
+
+
+def _total_logp(model, text: str) -> float:
+    with torch.no_grad():
+        logp, _, _ = sequence_logprobs(model, [TOK.encode(prompt(PROBLEM, COT))], [TOK.encode(text)], TOK.pad_id)
+    return logp.sum().item()
+
+
+def _trainer(model, task, groups, **overrides) -> Reinforce:
+    cfg = RLConfig(prompts_per_step=len(groups), samples_per_prompt=len(groups[0]), **overrides)
+    trainer = Reinforce(model, task, cfg)
+    trainer._sample = _fixed_sample(groups)
+    return trainer
+
+
+def test_step_loss_is_advantage_weighted_logprob(task):
+    """Reinforce.step's loss = -sum(adv * logp) / tokens of informative groups; an all-equal group adds
+    neither loss nor tokens (it must not dilute the informative one)."""
+    model = tiny_model()
+    groups = [[(RIGHT, 1.0), (WRONG, 0.0)], [(RIGHT, 1.0), (RIGHT, 1.0)]]
+    trainer = _trainer(model, task, groups, lr=1e-3)
+    with torch.no_grad():
+        contexts, generated, owner, rewards, _, _ = trainer._sample(None)
+        logp, _, mask = sequence_logprobs(model, contexts[:2], generated[:2], TOK.pad_id)
+    expected = -(logp[0].sum() - logp[1].sum()) / mask.sum()  # loo advantages +1 / -1
+    stats = trainer.step()
+    assert stats["skipped"] == 0.0
+    assert stats["loss"] == pytest.approx(expected.item(), rel=1e-4)
+    assert stats["reward"] == 0.75 and stats["informative_groups"] == 0.5
+
+
+@pytest.mark.parametrize("optimizer, lr", [("adamw", 3e-3), ("sgd", 0.1)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_step_raises_rewarded_and_lowers_penalised(task, seed, optimizer, lr):
+    """The sign of the whole method: after one update the rewarded completion is likelier and the
+    penalised one less likely. (The lr is 30x the default but still a small step: far larger steps raise
+    both, through the tokens the two traces share.)"""
+    model = tiny_model(seed)
+    before = _total_logp(model, RIGHT), _total_logp(model, WRONG)
+    trainer = _trainer(model, task, [[(RIGHT, 1.0), (WRONG, 0.0)]], lr=lr)
+    if optimizer == "sgd":
+        trainer.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    assert trainer.step()["skipped"] == 0.0
+    after = _total_logp(model, RIGHT), _total_logp(model, WRONG)
+    assert after[0] > before[0] + 0.3, (before, after)
+    assert after[1] < before[1] - 0.3, (before, after)
+
+
+def test_swapped_rewards_reverse_the_update(task):
+    model = tiny_model()
+    before = _total_logp(model, RIGHT), _total_logp(model, WRONG)
+    _trainer(model, task, [[(RIGHT, 0.0), (WRONG, 1.0)]], lr=3e-3).step()
+    after = _total_logp(model, RIGHT), _total_logp(model, WRONG)
+    assert after[0] < before[0] - 0.3 and after[1] > before[1] + 0.3, (before, after)
+
+
+def test_all_equal_rewards_skip_the_step(task):
+    """No informative group: nothing may move, not even through Adam's momentum from an earlier step
+    (a zero gradient plus stale momentum is a full-size step)."""
+    model = tiny_model()
+    trainer = _trainer(model, task, [[(RIGHT, 1.0), (WRONG, 0.0)]], lr=3e-3)
+    assert trainer.step()["skipped"] == 0.0  # build up Adam state
+    params = copy.deepcopy(model.state_dict())
+    opt_state = copy.deepcopy(trainer.optimizer.state_dict())
+    for rewards in ([1.0, 1.0], [0.0, 0.0]):
+        trainer._sample = _fixed_sample([[(RIGHT, rewards[0]), (WRONG, rewards[1])]])
+        stats = trainer.step()
+        assert stats["skipped"] == 1.0 and stats["loss"] == 0.0
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, params[name]), name
+        now = trainer.optimizer.state_dict()
+        for key, state in opt_state["state"].items():
+            for name, value in state.items():
+                assert torch.equal(now["state"][key][name], value), (key, name)
+    assert trainer.step_index == 3
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def _parity_reward(problem, text, mode=COT):
+    """A random tiny model never answers right; a reward that depends on the sampled text makes groups
+    informative, so the resumed steps really update the weights."""
+    return float(len(text) % 2)
+
+
+def test_state_dict_round_trip_continues_exactly(task, monkeypatch):
+    """Resuming (weights + trainer state) must reproduce the uninterrupted run exactly: same samples,
+    rewards, updates and all three random streams (numpy: problems; torch: tokens; python: paraphrases)."""
+    monkeypatch.setattr(rl, "reward", _parity_reward)
+    # every sample "has" a parseable body, so paraphrase_prob=0.5 draws from the python stream each time
+    monkeypatch.setattr(rl, "split_answer", lambda text: ("8+7=15,15+12=27-21=6;", text[-1:] + "\n"))
+    cfg = RLConfig(prompts_per_step=2, samples_per_prompt=2, max_new_tokens=12, lr=1e-2, seed=5,
+                   paraphrase_prob=0.5)
+    model_a = make_model(len(TOK), std=0.1).train()
+    model_b = copy.deepcopy(model_a)
+    a = Reinforce(model_a, task, cfg)
+    for _ in range(2):
+        a.step()
+    saved_state = copy.deepcopy(a.state_dict())
+    saved_weights = copy.deepcopy(model_a.state_dict())
+    stats_a = [a.step() for _ in range(2)]
+    assert sum(s["skipped"] for s in stats_a) < 2, "the test needs real updates after the resume point"
+    assert not all(torch.equal(v, saved_weights[k]) for k, v in model_a.state_dict().items())
+
+    b = Reinforce(model_b, task, cfg)  # fresh streams, then overwritten by the saved ones
+    model_b.load_state_dict(saved_weights)
+    b.load_state_dict(saved_state)
+    assert b.step_index == 2
+    stats_b = [b.step() for _ in range(2)]
+    for sa, sb in zip(stats_a, stats_b):
+        for key in ("reward", "trace_length", "skipped", "loss", "entropy", "informative_groups"):
+            assert sa[key] == sb[key], key
+    for name, value in model_a.state_dict().items():
+        assert torch.equal(value, model_b.state_dict()[name]), name
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa["step"] == sb["step"] == 4
+    assert sa["numpy_rng"] == sb["numpy_rng"]
+    assert sa["python_rng"] == sb["python_rng"] and sa["python_rng_pos"] == sb["python_rng_pos"]
+    assert torch.equal(sa["torch_generator"], sb["torch_generator"])
+
+
+# ----------------------------------------------------------------------------------- paraphrase in the loop
+
+
+def _samples(texts: list[str], width: int) -> Samples:
+    tokens = torch.zeros((len(texts), width), dtype=torch.long)
+    mask = torch.zeros((len(texts), width))
+    for i, t in enumerate(texts):
+        ids = TOK.encode(t)
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1.0
+    return Samples(tokens, torch.zeros_like(mask), mask)
+
+
+def test_paraphrase_in_the_loop(task, monkeypatch):
+    """With paraphrase_prob=1 a parseable sampled trace is rewritten, the answer is re-sampled after the
+    rewritten trace, and the reward is on *that* answer, not on the one sampled first."""
+    p = Problem((8, 7, 12), 21)  # answer 6
+    body = reference_trace(p).split(";")[0] + ";"
+    first = [body + "5\n", body + "6\n", "junk\n", body + "6\n"]  # sample 2 does not parse
+    resampled = ["6\n", "9\n", "6\n"]  # answers after the paraphrased bodies of samples 0, 1, 3
+    calls = []
+
+    def fake_generate(model, prompts, max_new_tokens, *args, **kwargs):
+        calls.append(prompts)
+        return _samples(first if len(calls) == 1 else resampled, max_new_tokens)
+
+    monkeypatch.setattr(rl, "generate", fake_generate)
+    model = tiny_model()
+    cfg = RLConfig(prompts_per_step=1, samples_per_prompt=4, paraphrase_prob=1.0, seed=3)
+    trainer = Reinforce(model, task, cfg)
+    contexts, generated, owner, rewards, texts, rows = trainer._sample([p])
+
+    # the paraphrases _sample drew: same generator seed and the same order of draws (one random() per
+    # parseable sample for the coin, then the swap's own draws)
+    rng = random.Random(3)
+    expected_bodies = {}
+    for i in (0, 1, 3):
+        assert rng.random() < 1.0
+        expected_bodies[i] = swap_operands(body, rng)
+
+    prompt_ids = TOK.encode(prompt(p, COT))
+    assert len(calls) == 2
+    assert calls[1] == [prompt_ids + TOK.encode(expected_bodies[i]) for i in (0, 1, 3)], \
+        "answers are re-sampled after the paraphrased traces"
+    assert texts == [expected_bodies[0] + "6\n", expected_bodies[1] + "9\n", "junk\n", expected_bodies[3] + "6\n"]
+    for i in (0, 1, 3):
+        assert texts[i].split(";")[0] != body.rstrip(";")
+    assert rewards.tolist() == [[1.0, 0.0, 0.0, 1.0]], "reward on the re-sampled answer, not the first one"
+    assert rows == [TOK.encode(t) for t in first]
+    # segments: the trace in its own context, the answer in the paraphrased context
+    assert owner == [0, 1, 2, 3, 0, 1, 3]
+    assert generated[:4] == [TOK.encode(body), TOK.encode(body), TOK.encode("junk\n"), TOK.encode(body)]
+    assert contexts[:4] == [prompt_ids] * 4
+    assert contexts[4:] == calls[1]
+    assert generated[4:] == [TOK.encode(a) for a in resampled]
+
+
+def test_paraphrase_of_a_trace_that_fills_the_context(monkeypatch):
+    """k = 7: the prompt has 17 tokens, so generation may use 96 - 17 = 79; a parseable 79-token body
+    ending at ';' (no room left for an answer) must not crash the step (it can earn no reward)."""
+    from dataclasses import replace
+
+    task7 = ModularAddition(replace(TaskConfig(), num_operands=7))
+    p = Problem((1, 2, 3, 4, 5, 6, 7), 21)
+    body = "-1+2=1" + "+1=2-1=1" * 9 + ";"  # parses; any body the model samples may be this long
+    model = tiny_model()
+    assert len(TOK.encode(prompt(p, COT))) + len(TOK.encode(body)) == model.config.block_size
+    real_generate, calls = rl.generate, []
+
+    def first_call_fixed(model, prompts, max_new_tokens, *args, **kwargs):
+        calls.append(prompts)
+        if len(calls) == 1:  # what generate returns for a row that used its whole budget of 79 tokens
+            return _samples([body] * len(prompts), len(TOK.encode(body)))
+        return real_generate(model, prompts, max_new_tokens, *args, **kwargs)
+
+    monkeypatch.setattr(rl, "generate", first_call_fixed)
+    trainer = Reinforce(model, task7, RLConfig(prompts_per_step=1, samples_per_prompt=2, paraphrase_prob=1.0))
+    *_, rewards, texts, rows = trainer._sample([p])
+    assert rewards.tolist() == [[0.0, 0.0]]
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+TIMEOUT = 120
+
+
+def _run(root: Path, script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"  # tiny models; avoid oversubscribing a small shared machine
+    env["MKL_NUM_THREADS"] = "1"
+    return subprocess.run([sys.executable, str(root / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def _e2e(root: Path, work: Path):
+    pre = _run(root, "train_sft.py", ["--size", "tiny", "--stage", "pretrain", "--steps", "5", "--corpus-lines", "500",
+                                      "--ckpt-dir", "ck", "--device", "cpu"], work)
+    if pre.returncode != 0:
+        return work / "ck", pre, None
+    rl_args = ["--size", "tiny", "--steps", "2", "--eval-every", "1", "--prompts", "2", "--samples", "2",
+               "--ckpt-dir", "ck", "--device", "cpu"]
+    return work / "ck", pre, _run(root, "train_rl.py", rl_args, work)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def end_to_end(request, tmp_path_factory, root):
+    """The pretrain -> RL subprocess chain (~20 s, mostly imports and train_rl's three 1,100-completion
+    evaluations), started in the background when this module starts so the other tests overlap it
+    (only when the end-to-end test is selected)."""
+    if not any(item.name == "test_cli_tiny_end_to_end" for item in request.session.items):
+        yield None
+        return
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(_e2e, root, tmp_path_factory.mktemp("rl_e2e"))
+    yield future
+    future.result(timeout=2 * TIMEOUT + 30)  # never leave a subprocess behind
+    pool.shutdown()
+
+
+def _main_exit_code(argv: list[str]) -> int:
+    """Run train_rl.main the way `python train_rl.py` does; return its exit code (0 if it returns)."""
+    import train_rl
+    from nanocot.cli import run_cli
+
+    try:
+        run_cli(lambda: train_rl.main(argv))
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--samples", "1"], "--samples"),
+    ([], "tiny-pretrain.pt"),  # an empty checkpoint folder: no starting checkpoint
+    (["--init", "warmup"], "tiny-warmup.pt"),
+], ids=["samples_1", "missing_start", "missing_warmup"])
+def test_cli_usage_errors(tmp_path, capsys, args, expected):
+    """A user mistake: one line on stderr, exit code 2, no traceback, nothing written (in-process through
+    run_cli, exactly what `python train_rl.py` runs, without ~3 s of imports per case)."""
+    code = _main_exit_code(["--size", "tiny", "--steps", "1", "--device", "cpu", "--ckpt-dir", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert expected in lines[0], lines[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_tiny_end_to_end(end_to_end):
+    """pretrain -> RL from the command line: exits 0, writes the checkpoint and the plot, and the
+    checkpoint is a finished run with the evaluations it was asked for."""
+    folder, pre, proc = end_to_end.result(timeout=2 * TIMEOUT + 30)
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    assert proc is not None and proc.returncode == 0, proc.stderr[-3000:]
+    assert (folder / "tiny-cot.pt").is_file()
+    assert (folder / "tiny-cot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ck = checkpoint.load(folder / "tiny-cot.pt", expect={"size": "tiny", "stage": "cot"})
+    assert "rl_state" not in ck and "start" not in ck, "a finished run is not resumable and drops the start weights"
+    assert ck["step"] == 2 and len(ck["record"]["steps"]) == 2
+    assert [e["step"] for e in ck["record"]["eval"]] == [0, 1, 2]
+    assert [h["stage"] for h in ck["history"]] == ["pretrain", "cot"]
+    assert ck["rl_config"]["prompts_per_step"] == 2 and ck["rl_config"]["samples_per_prompt"] == 2
+    assert "tiny-cot.pt" in proc.stdout

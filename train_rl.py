@@ -1,0 +1,118 @@
+"""REINFORCE on outcome reward: the small model learns to chain its own step-by-step traces.
+
+    python train_rl.py                       # small, from out/small-warmup.pt (else small-pretrain.pt)
+    python train_rl.py --paraphrase-prob 0.5 # paraphrase the sampled trace before the answer is sampled
+    python train_rl.py --resume              # continue an interrupted run from out/small-cot.pt
+
+Writes DIR/<size>-cot.pt (atomically, also every --save-every steps) and DIR/<size>-cot.png.
+"""
+
+import copy
+from dataclasses import fields, replace
+
+import torch
+
+from nanocot import checkpoint
+from nanocot.cli import Parser, UsageError, pick_device, positive_float, positive_int, probability, run_cli, seed_int, writable_dir
+from nanocot.config import SIZES, TaskConfig, from_dict, to_dict
+from nanocot.plots import plot_rl
+from nanocot.rl import RLConfig, train_rl
+from nanocot.sft import build_model
+from nanocot.task import ModularAddition
+from nanocot.tokenizer import Tokenizer
+
+
+def parse_args(argv=None):
+    d = RLConfig()
+    p = Parser(description=__doc__.split("\n")[0], prog="train_rl.py")
+    p.add_argument("--size", choices=SIZES, default="small", help="model preset (default: small)")
+    p.add_argument("--init", choices=["auto", "warmup", "pretrain"], default="auto",
+                   help="starting checkpoint: <size>-warmup.pt, <size>-pretrain.pt, or auto = warmup if it exists (default: auto)")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help=f"RL steps (default: {d.steps})")
+    p.add_argument("--prompts", type=positive_int, default=d.prompts_per_step, help=f"problems per step (default: {d.prompts_per_step})")
+    p.add_argument("--samples", type=positive_int, default=d.samples_per_prompt, help=f"sampled completions per problem, G >= 2 (default: {d.samples_per_prompt})")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"AdamW learning rate (default: {d.lr})")
+    p.add_argument("--temperature", type=positive_float, default=d.temperature, help=f"sampling temperature (default: {d.temperature})")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="sample only among the k likeliest tokens; 0 = all (default: 0)")
+    p.add_argument("--baseline", choices=["loo", "mean"], default=d.baseline, help="leave-one-out or group-mean baseline (default: loo)")
+    p.add_argument("--kl", type=float, default=d.kl_coef, help="KL penalty to the starting policy (default: 0 = off)")
+    p.add_argument("--entropy", type=float, default=d.entropy_coef, help="entropy bonus (default: 0 = off)")
+    p.add_argument("--curriculum", choices=["mixed", "target", "ramp"], default=d.curriculum,
+                   help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: mixed)")
+    p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
+                   help="probability that a sampled trace is paraphrased before its answer is sampled (default: 0)")
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help=f"steps between held-out evaluations (default: {d.eval_every})")
+    p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable checkpoints (default: 50)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/<size>-cot.pt")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for sampling and problem order (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints and plots (default: out)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.samples < 2:
+        raise UsageError(f"--samples must be >= 2 for a baseline, got {args.samples}")
+    if args.top_k < 0 or args.kl < 0 or args.entropy < 0:
+        raise UsageError("--top-k, --kl and --entropy must be >= 0")
+    config = RLConfig(steps=args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
+                      temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
+                      entropy_coef=args.entropy, curriculum=args.curriculum, paraphrase_prob=args.paraphrase_prob,
+                      eval_every=args.eval_every, seed=args.seed)
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = writable_dir(args.ckpt_dir)
+    out_path = folder / f"{args.size}-cot.pt"
+    vocab = Tokenizer().vocab
+
+    resume = None
+    if args.resume:
+        saved = checkpoint.load(out_path, expect={"size": args.size, "stage": "cot", "vocab": vocab})
+        if "rl_state" not in saved:
+            raise UsageError(f"{out_path} is a finished run (step {saved['step']}); nothing to resume")
+        start = saved["start"]
+        config = replace(RLConfig(**{f.name: saved["rl_config"][f.name] for f in fields(RLConfig)}), steps=args.steps)
+        resume = {"trainer": saved["rl_state"], "record": saved["record"]}
+    else:
+        candidates = {"warmup": [folder / f"{args.size}-warmup.pt"], "pretrain": [folder / f"{args.size}-pretrain.pt"],
+                      "auto": [folder / f"{args.size}-warmup.pt", folder / f"{args.size}-pretrain.pt"]}[args.init]
+        source = next((c for c in candidates if c.exists()), None)
+        if source is None:
+            raise UsageError(f"no starting checkpoint: {' or '.join(map(str, candidates))} not found; run "
+                             f"`python train_sft.py --size {args.size} --stage pretrain` (and --stage warmup) first")
+        start = checkpoint.load(source, expect={"size": args.size, "vocab": vocab})
+        saved = start
+
+    task = ModularAddition(from_dict(TaskConfig, start["task_config"]))
+    model = build_model(saved, device)
+    reference = build_model(start, device).eval()  # frozen start policy: the KL penalty (if on) and the KL log
+    reference.requires_grad_(False)
+
+    def payload(record: dict, trainer_state: dict | None) -> dict:
+        out = {k: v for k, v in start.items() if k not in ("state_dict", "record", "history", "stage", "step")}
+        out.update(stage="cot", step=len(record["steps"]), start=start, rl_config=to_dict(config), record=record,
+                   state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   seconds=record["seconds"], flops=record.get("flops", 0.0),
+                   history=start["history"] + [{"stage": "cot", "steps": len(record["steps"]), "seconds": record["seconds"],
+                                                "flops": record.get("flops", 0.0)}])
+        if trainer_state is not None:
+            out["rl_state"] = copy.deepcopy(trainer_state)
+        return out
+
+    record = train_rl(model, task, config, reference, resume=resume,
+                      save=lambda rec, state: checkpoint.save(out_path, payload(rec, state)), save_every=args.save_every)
+    final = payload(record, None)
+    final.pop("start")  # a finished run does not need its starting weights
+    checkpoint.save(out_path, final)
+    plot_rl(record, out_path.with_suffix(".png"), f"{args.size} REINFORCE")
+    first, last = record["eval"][0], record["eval"][-1]
+    print(f"{out_path}: held-out greedy accuracy {first['test_accuracy']:.3f} -> {last['test_accuracy']:.3f}, "
+          f"pass@1 {last['pass@1']:.3f}, {config.steps} steps in {record['seconds']:.0f}s "
+          f"(sampling {record['seconds_sampling']:.0f}s, learning {record['seconds_learning']:.0f}s)")
+
+
+if __name__ == "__main__":
+    run_cli(main)
