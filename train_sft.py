@@ -40,6 +40,8 @@ def parse_args(argv=None):
     g.add_argument("--min-operands", type=int, default=task.min_operands, help=f"fewest operands mixed into training (default: {task.min_operands})")
     g.add_argument("--min-modulus", type=int, default=task.min_modulus, help=f"smallest modulus (default: {task.min_modulus})")
     g.add_argument("--max-modulus", type=int, default=task.max_modulus, help=f"largest modulus (default: {task.max_modulus})")
+    g.add_argument("--number-format", choices=["tokens", "digits"], default=task.number_format,
+                   help=f"numbers as single tokens or as digit characters (default: {task.number_format})")
     g.add_argument("--easier-fraction", type=probability, default=task.easier_fraction,
                    help=f"share of training problems with fewer operands (default: {task.easier_fraction})")
     g = p.add_argument_group("corpus (pretrain only)")
@@ -56,7 +58,8 @@ def main(argv=None) -> None:
     if args.num_examples < 0:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
     task_cfg = replace(TaskConfig(), num_operands=args.operands, min_operands=args.min_operands,
-                       min_modulus=args.min_modulus, max_modulus=args.max_modulus, easier_fraction=args.easier_fraction)
+                       min_modulus=args.min_modulus, max_modulus=args.max_modulus, easier_fraction=args.easier_fraction,
+                       number_format=args.number_format)
     try:
         validate(task_cfg)
     except ValueError as e:

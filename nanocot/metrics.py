@@ -34,8 +34,15 @@ def direct_predictions(model: GPT, tok: Tokenizer, problems: list[Problem], batc
 
 
 def direct_accuracy(model: GPT, tok: Tokenizer, problems: list[Problem]) -> float:
-    predictions = direct_predictions(model, tok, problems)
-    return sum(pred == str(p.answer) for pred, p in zip(predictions, problems)) / len(problems)
+    if tok.number_format == "tokens":  # the answer is one token: one forward pass suffices
+        predictions = direct_predictions(model, tok, problems)
+        return sum(pred == str(p.answer) for pred, p in zip(predictions, problems)) / len(problems)
+    from nanocot.sampling import generate  # digits: decode greedily up to the newline, then parse strictly
+
+    prompts = [tok.encode(prompt(p, DIRECT)) for p in problems]
+    samples = generate(model, prompts, 4, stop_id=tok.newline_id, pad_id=tok.pad_id, greedy=True)
+    texts = [tok.decode(row[:n]) for row, n in zip(samples.tokens.tolist(), samples.lengths())]
+    return sum(reward(p, t, DIRECT) for p, t in zip(problems, texts)) / len(problems)
 
 
 @torch.no_grad()

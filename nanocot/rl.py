@@ -93,7 +93,7 @@ class Reinforce:
 
     def __init__(self, model: GPT, task: ModularAddition, config: RLConfig, reference: GPT | None = None):
         self.model, self.task, self.config = model, task, config
-        self.tok = Tokenizer()
+        self.tok = Tokenizer(task.config.number_format)
         self.reference = reference  # frozen starting policy, for the KL term and the KL log
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),
                                            weight_decay=config.weight_decay)
@@ -213,7 +213,7 @@ class Reinforce:
 @torch.no_grad()
 def evaluate_cot(model: GPT, task: ModularAddition, config: RLConfig, seed: int = 1234) -> dict:
     """Held-out greedy accuracy, sampled pass@1 and pass@k (k = config.pass_k) at the RL temperature."""
-    tok = Tokenizer()
+    tok = Tokenizer(task.config.number_format)
     model.eval()
     test = task.test_set()
     greedy = cot_completions(model, tok, test[: config.eval_problems])

@@ -49,7 +49,7 @@ def _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, h
 
 
 def pretrain(size: str, train_cfg: TrainConfig, task_cfg: TaskConfig, corpus_cfg: CorpusConfig, device) -> dict:
-    tok = Tokenizer()
+    tok = Tokenizer(task_cfg.number_format)
     torch.manual_seed(train_cfg.seed)
     model = GPT(model_config(size, len(tok))).to(device)
     windows = CorpusWindows(tok, corpus_text(corpus_cfg, task_cfg), model.config.block_size)
@@ -65,8 +65,8 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
     num_examples > 0 draws a fixed pool of that many training problems (a small warm-up set); 0 draws
     fresh problems every step.
     """
-    tok = Tokenizer()
     task_cfg = from_dict(TaskConfig, pretrained["task_config"])
+    tok = Tokenizer(task_cfg.number_format)
     task = ModularAddition(task_cfg)
     mode = DIRECT if stage == "direct" else COT
     model = build_model(pretrained, device)

@@ -193,6 +193,8 @@ def validate(config: TaskConfig) -> None:
         raise ValueError(f"need 2 <= min operands <= operands, got {config.min_operands}, {config.num_operands}")
     if not 0.0 <= config.easier_fraction <= 1.0:
         raise ValueError(f"easier fraction must be in [0, 1], got {config.easier_fraction}")
+    if config.number_format not in ("tokens", "digits"):
+        raise ValueError(f"number format must be 'tokens' or 'digits', got {config.number_format!r}")
     if not 0.0 < config.test_fraction < 0.5:
         raise ValueError(f"test fraction must be in (0, 0.5), got {config.test_fraction}")
     if 3 * config.max_modulus - 2 > MAX_NUMBER:  # the "larger" OOD split's running sums reach 3m - 2

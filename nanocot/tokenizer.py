@@ -16,10 +16,18 @@ TEXT_CHARS = "\n abcdefghijklmnopqrstuvwxyz.,:;?!'+-=%*()"
 PAD = "<pad>"  # id 0: fills short rows of a batch, never predicted (its loss mask is 0)
 
 _PIECE = re.compile(r"\d+|.", re.DOTALL)
+_DIGIT_PIECE = re.compile(r".", re.DOTALL)
+NUMBER_FORMATS = ("tokens", "digits")
 
 
 class Tokenizer:
-    def __init__(self) -> None:
+    """number_format "tokens": a whole number is one token; "digits": one token per digit (character
+    level; the digit tokens are the number tokens 0..9, so both formats share one vocabulary)."""
+
+    def __init__(self, number_format: str = "tokens") -> None:
+        if number_format not in NUMBER_FORMATS:
+            raise ValueError(f"unknown number format {number_format!r}: use {' or '.join(NUMBER_FORMATS)}")
+        self.number_format = number_format
         self.vocab: list[str] = [PAD] + list(TEXT_CHARS) + [str(n) for n in range(MAX_NUMBER + 1)]
         self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(self.vocab)}
         self.pad_id = 0
@@ -30,7 +38,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         ids = []
-        for piece in _PIECE.findall(text):
+        for piece in (_PIECE if self.number_format == "tokens" else _DIGIT_PIECE).findall(text):
             if piece not in self.token_to_id:
                 if piece.isdigit():
                     raise ValueError(f"number {piece} is outside the vocabulary (0..{MAX_NUMBER})")
@@ -47,7 +55,7 @@ class Tokenizer:
             if i == self.pad_id:
                 continue
             token = self.vocab[i]
-            if previous_number and token.isdigit():
+            if previous_number and token.isdigit() and self.number_format == "tokens":
                 pieces.append(" ")
             pieces.append(token)
             previous_number = token.isdigit()

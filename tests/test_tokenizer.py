@@ -78,3 +78,19 @@ def test_number_above_max_raises_naming_it(tok, number):
 def test_number_id_rejects_negative(tok):
     with pytest.raises(ValueError):
         tok.number_id(-1)
+
+
+def test_digits_format_spells_numbers_digit_by_digit():
+    """The character-level number format must split every number into digits, share the vocabulary
+    with the number-token format, and round-trip task strings exactly."""
+    from nanocot.tokenizer import Tokenizer as Tok
+
+    digits, tokens = Tok("digits"), Tok("tokens")
+    text = "\n18+7+12+5%21:18+7=25-21=4,4+12=16,16+5=21-21=0;0\n"
+    ids = digits.encode(text)
+    assert digits.decode(ids) == text
+    assert digits.vocab == tokens.vocab
+    assert len(ids) > len(tokens.encode(text))
+    assert digits.encode("125") == [digits.token_to_id["1"], digits.token_to_id["2"], digits.token_to_id["5"]]
+    with pytest.raises(ValueError):
+        Tok("roman")
