@@ -8,6 +8,7 @@ Writes DIR/<size>-cot.pt (atomically, also every --save-every steps) and DIR/<si
 """
 
 import copy
+import sys
 from dataclasses import fields, replace
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from nanocot import checkpoint
 from nanocot.cli import Parser, UsageError, pick_device, positive_float, positive_int, probability, run_cli, seed_int, writable_dir
 from nanocot.config import SIZES, TaskConfig, from_dict, to_dict
+from nanocot.paraphrase import PARAPHRASERS
 from nanocot.plots import plot_rl
 from nanocot.rl import RLConfig, train_rl
 from nanocot.sft import build_model
@@ -41,6 +43,13 @@ def parse_args(argv=None):
                    help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: mixed)")
     p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
                    help="probability that a sampled trace is paraphrased before its answer is sampled (default: 0)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default: {d.weight_decay})")
+    p.add_argument("--grad-clip", type=positive_float, default=d.grad_clip, help=f"gradient-norm clip (default: {d.grad_clip})")
+    p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens, help=f"longest sampled completion (default: {d.max_new_tokens})")
+    p.add_argument("--paraphraser", choices=sorted(PARAPHRASERS), default=d.paraphraser, help=f"paraphraser used in the loop (default: {d.paraphraser})")
+    p.add_argument("--eval-problems", type=positive_int, default=d.eval_problems, help=f"held-out problems for greedy accuracy (default: {d.eval_problems})")
+    p.add_argument("--pass-k", type=positive_int, default=d.pass_k, help=f"k of the pass@k evaluation (default: {d.pass_k})")
+    p.add_argument("--pass-problems", type=positive_int, default=d.pass_problems, help=f"held-out problems for pass@k (default: {d.pass_problems})")
     p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help=f"steps between held-out evaluations (default: {d.eval_every})")
     p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable checkpoints (default: 50)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/<size>-cot.pt")
@@ -55,12 +64,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.samples < 2:
         raise UsageError(f"--samples must be >= 2 for a baseline, got {args.samples}")
-    if args.top_k < 0 or args.kl < 0 or args.entropy < 0:
-        raise UsageError("--top-k, --kl and --entropy must be >= 0")
+    if args.top_k < 0 or args.kl < 0 or args.entropy < 0 or args.weight_decay < 0:
+        raise UsageError("--top-k, --kl, --entropy and --weight-decay must be >= 0")
     config = RLConfig(steps=args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
                       temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
                       entropy_coef=args.entropy, curriculum=args.curriculum, paraphrase_prob=args.paraphrase_prob,
-                      eval_every=args.eval_every, seed=args.seed)
+                      eval_every=args.eval_every, seed=args.seed, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+                      max_new_tokens=args.max_new_tokens, paraphraser=args.paraphraser, eval_problems=args.eval_problems,
+                      pass_k=args.pass_k, pass_problems=args.pass_problems)
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,5 +125,14 @@ def main(argv=None) -> None:
           f"(sampling {record['seconds_sampling']:.0f}s, learning {record['seconds_learning']:.0f}s)")
 
 
+def main_interruptible(argv=None) -> None:
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        print("interrupted: the finished RL steps were saved; continue with `python train_rl.py --resume` "
+              "(same --ckpt-dir and --size)", file=sys.stderr)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main_interruptible)

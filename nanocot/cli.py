@@ -7,6 +7,7 @@ with code 2, never a traceback; `run_cli` turns the errors the library raises fo
 import argparse
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -85,8 +86,14 @@ def writable_dir(path: str) -> Path:
     return folder
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_cli(main) -> None:
-    """Run `main()`; user-facing errors become one line on stderr and exit code 2."""
+    """Run `main()`; user-facing errors become one line on stderr and exit code 2. SIGTERM is treated
+    like Ctrl-C, so a stage that saves on interrupt also saves when the system asks it to stop."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         main()
     except (UsageError, CheckpointError) as e:

@@ -52,7 +52,8 @@ def plot_rl(record: dict, path: str | Path, title: str) -> None:
     ax.set(xlabel="RL step", ylabel="held-out accuracy (k = target)", ylim=(0, 1.02), title="held-out")
     ax.legend()
     ax = axes[2]
-    ax.plot(steps, smooth([s["trace_length"] for s in record["steps"]], 10))
+    lengths = smooth([s["trace_length"] for s in record["steps"]], 10)
+    ax.plot(steps[len(steps) - len(lengths):], lengths)  # a moving average starts window-1 steps late
     ax.set(xlabel="RL step", ylabel="sampled completion length (tokens)", title="trace length")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

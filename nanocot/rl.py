@@ -247,7 +247,12 @@ def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT
     for step in bar:
         if config.eval_every > 0 and step % config.eval_every == 0:
             record["eval"].append({"step": step, **evaluate_cot(model, task, config)})
-        stats = trainer.step()
+        try:
+            stats = trainer.step()
+        except KeyboardInterrupt:  # keep every finished step: save a resumable state, then stop
+            if save is not None and record["steps"]:
+                save(record, trainer.state_dict())
+            raise
         moving = stats["reward"] if moving is None else 0.95 * moving + 0.05 * stats["reward"]
         record["steps"].append({"step": step, "reward_avg": moving, **stats})
         bar.set_postfix({"reward": f"{moving:.2f}", "len": f"{stats['trace_length']:.0f}",

@@ -333,6 +333,7 @@ def _e2e(root: Path, work: Path):
     if pre.returncode != 0:
         return work / "ck", pre, None
     rl_args = ["--size", "tiny", "--steps", "2", "--eval-every", "1", "--prompts", "2", "--samples", "2",
+               "--eval-problems", "20", "--pass-problems", "5", "--pass-k", "2", "--max-new-tokens", "30",
                "--ckpt-dir", "ck", "--device", "cpu"]
     return work / "ck", pre, _run(root, "train_rl.py", rl_args, work)
 
