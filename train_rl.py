@@ -14,7 +14,17 @@ from dataclasses import fields, replace
 import torch
 
 from nanocot import checkpoint
-from nanocot.cli import Parser, UsageError, pick_device, positive_float, positive_int, probability, run_cli, seed_int, writable_dir
+from nanocot.cli import (
+    Parser,
+    UsageError,
+    pick_device,
+    positive_float,
+    positive_int,
+    probability,
+    run_cli,
+    seed_int,
+    writable_dir,
+)
 from nanocot.config import SIZES, TaskConfig, from_dict, to_dict
 from nanocot.paraphrase import PARAPHRASERS
 from nanocot.plots import plot_rl
@@ -32,7 +42,8 @@ def parse_args(argv=None):
                    help="starting checkpoint: <size>-warmup.pt, <size>-pretrain.pt, or auto = warmup if it exists (default: auto)")
     p.add_argument("--steps", type=positive_int, default=d.steps, help=f"RL steps (default: {d.steps})")
     p.add_argument("--prompts", type=positive_int, default=d.prompts_per_step, help=f"problems per step (default: {d.prompts_per_step})")
-    p.add_argument("--samples", type=positive_int, default=d.samples_per_prompt, help=f"sampled completions per problem, G >= 2 (default: {d.samples_per_prompt})")
+    p.add_argument("--samples", type=positive_int, default=d.samples_per_prompt,
+                   help=f"sampled completions per problem, G >= 2 (default: {d.samples_per_prompt})")
     p.add_argument("--lr", type=positive_float, default=d.lr, help=f"AdamW learning rate (default: {d.lr})")
     p.add_argument("--temperature", type=positive_float, default=d.temperature, help=f"sampling temperature (default: {d.temperature})")
     p.add_argument("--top-k", type=int, default=d.top_k, help="sample only among the k likeliest tokens; 0 = all (default: 0)")
@@ -45,12 +56,17 @@ def parse_args(argv=None):
                    help="probability that a sampled trace is paraphrased before its answer is sampled (default: 0)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default: {d.weight_decay})")
     p.add_argument("--grad-clip", type=positive_float, default=d.grad_clip, help=f"gradient-norm clip (default: {d.grad_clip})")
-    p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens, help=f"longest sampled completion (default: {d.max_new_tokens})")
-    p.add_argument("--paraphraser", choices=sorted(PARAPHRASERS), default=d.paraphraser, help=f"paraphraser used in the loop (default: {d.paraphraser})")
-    p.add_argument("--eval-problems", type=positive_int, default=d.eval_problems, help=f"held-out problems for greedy accuracy (default: {d.eval_problems})")
+    p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens,
+                   help=f"longest sampled completion (default: {d.max_new_tokens})")
+    p.add_argument("--paraphraser", choices=sorted(PARAPHRASERS), default=d.paraphraser,
+                   help=f"paraphraser used in the loop (default: {d.paraphraser})")
+    p.add_argument("--eval-problems", type=positive_int, default=d.eval_problems,
+                   help=f"held-out problems for greedy accuracy (default: {d.eval_problems})")
     p.add_argument("--pass-k", type=positive_int, default=d.pass_k, help=f"k of the pass@k evaluation (default: {d.pass_k})")
-    p.add_argument("--pass-problems", type=positive_int, default=d.pass_problems, help=f"held-out problems for pass@k (default: {d.pass_problems})")
-    p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help=f"steps between held-out evaluations (default: {d.eval_every})")
+    p.add_argument("--pass-problems", type=positive_int, default=d.pass_problems,
+                   help=f"held-out problems for pass@k (default: {d.pass_problems})")
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every,
+                   help=f"steps between held-out evaluations (default: {d.eval_every})")
     p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable checkpoints (default: 50)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/<size>-cot.pt")
     p.add_argument("--seed", type=seed_int, default=0, help="seed for sampling and problem order (default: 0)")

@@ -12,7 +12,17 @@ from dataclasses import replace
 import torch
 
 from nanocot import checkpoint
-from nanocot.cli import Parser, UsageError, pick_device, positive_float, positive_int, probability, run_cli, seed_int, writable_dir
+from nanocot.cli import (
+    Parser,
+    UsageError,
+    pick_device,
+    positive_float,
+    positive_int,
+    probability,
+    run_cli,
+    seed_int,
+    writable_dir,
+)
 from nanocot.config import SIZES, STAGE_DEFAULTS, STAGES, CorpusConfig, TaskConfig, from_dict, to_dict
 from nanocot.plots import plot_direct_comparison, plot_stage
 from nanocot.sft import finetune, pretrain
@@ -37,7 +47,8 @@ def parse_args(argv=None):
                    help="warmup/direct only: train on a fixed pool of this many problems; 0 = fresh problems every step (default: 0)")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
     g.add_argument("--operands", type=int, default=task.num_operands, help=f"operands per test problem, k (default: {task.num_operands})")
-    g.add_argument("--min-operands", type=int, default=task.min_operands, help=f"fewest operands mixed into training (default: {task.min_operands})")
+    g.add_argument("--min-operands", type=int, default=task.min_operands,
+                   help=f"fewest operands mixed into training (default: {task.min_operands})")
     g.add_argument("--min-modulus", type=int, default=task.min_modulus, help=f"smallest modulus (default: {task.min_modulus})")
     g.add_argument("--max-modulus", type=int, default=task.max_modulus, help=f"largest modulus (default: {task.max_modulus})")
     g.add_argument("--number-format", choices=["tokens", "digits"], default=task.number_format,

@@ -5,15 +5,13 @@ stage starts from the pretrained payload and inherits its task and corpus config
 model agrees on one train/test split.
 """
 
-
-
 import numpy as np
 import torch
 
-from nanocot.config import CorpusConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
+from nanocot.config import CorpusConfig, ModelConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
 from nanocot.corpus import corpus_text
 from nanocot.data import CorpusWindows, collate, task_example
-from nanocot.metrics import direct_accuracy
+from nanocot.metrics import cot_accuracy, direct_accuracy
 from nanocot.model import GPT
 from nanocot.task import COT, DIRECT, ModularAddition
 from nanocot.tokenizer import Tokenizer
@@ -22,8 +20,6 @@ from nanocot.train import train
 
 def build_model(payload: dict, device) -> GPT:
     """Rebuild a model from a checkpoint payload."""
-    from nanocot.config import ModelConfig
-
     model = GPT(from_dict(ModelConfig, payload["model_config"]))
     model.load_state_dict(payload["state_dict"])
     return model.to(device)
@@ -85,14 +81,9 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
     def evaluate(m: GPT) -> dict:
         if mode == DIRECT:
             return {"test_accuracy": direct_accuracy(m, tok, test), "train_accuracy": direct_accuracy(m, tok, train_sample)}
-        from nanocot.metrics import cot_accuracy  # CoT needs generation
-
         return {"test_accuracy": cot_accuracy(m, tok, test[:300]), "train_accuracy": cot_accuracy(m, tok, train_sample[:300])}
 
     record = train(model, train_cfg, next_batch, evaluate, desc=f"{pretrained['size']} {stage}")
     record["num_examples"] = num_examples
     corpus_cfg = from_dict(CorpusConfig, pretrained["corpus_config"])
     return _payload(model, pretrained["size"], stage, train_cfg, task_cfg, corpus_cfg, tok, record, pretrained["history"])
-
-
-

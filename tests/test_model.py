@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import make_model
+
 from nanocot.config import model_config
 from nanocot.model import GPT, KVCache
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_model
 
 import nanocot.rl as rl
-from conftest import make_model
 from nanocot import checkpoint
 from nanocot.config import TaskConfig, model_config
 from nanocot.model import GPT

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_model
+
 from nanocot.sampling import generate
 
 V, PAD, STOP = 6, 0, 1  # a 6-token vocabulary: a random model hits the stop token often

@@ -8,7 +8,16 @@ import pytest
 
 from nanocot.config import TaskConfig
 from nanocot.task import (
-    COT, DIRECT, ModularAddition, Problem, completion, parse_answer, prompt, reference_trace, reward, validate,
+    COT,
+    DIRECT,
+    ModularAddition,
+    Problem,
+    completion,
+    parse_answer,
+    prompt,
+    reference_trace,
+    reward,
+    validate,
 )
 
 

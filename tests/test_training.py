@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_model
+
 from nanocot.config import CorpusConfig, TaskConfig, TrainConfig
 from nanocot.corpus import corpus_text
 from nanocot.data import CorpusWindows, collate, task_example
