@@ -11,20 +11,8 @@ import copy
 import sys
 from dataclasses import fields, replace
 
-import torch
-
 from nanocot import checkpoint
-from nanocot.cli import (
-    Parser,
-    UsageError,
-    pick_device,
-    positive_float,
-    positive_int,
-    probability,
-    run_cli,
-    seed_int,
-    writable_dir,
-)
+from nanocot.cli import Parser, UsageError, add_run_flags, positive_float, positive_int, probability, run_cli, setup_run
 from nanocot.config import SIZES, TaskConfig, from_dict, to_dict
 from nanocot.paraphrase import PARAPHRASERS
 from nanocot.plots import plot_rl
@@ -69,10 +57,7 @@ def parse_args(argv=None):
                    help=f"steps between held-out evaluations (default: {d.eval_every})")
     p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable checkpoints (default: 50)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/<size>-cot.pt")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed for sampling and problem order (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints and plots (default: out)")
+    add_run_flags(p, "seed for sampling and problem order")
     return p.parse_args(argv)
 
 
@@ -88,10 +73,7 @@ def main(argv=None) -> None:
                       eval_every=args.eval_every, seed=args.seed, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
                       max_new_tokens=args.max_new_tokens, paraphraser=args.paraphraser, eval_problems=args.eval_problems,
                       pass_k=args.pass_k, pass_problems=args.pass_problems)
-    device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    folder = writable_dir(args.ckpt_dir)
+    device, folder = setup_run(args)
     out_path = folder / f"{args.size}-cot.pt"
     vocab = Tokenizer().vocab
 

@@ -9,20 +9,8 @@ Writes DIR/<size>-<stage>.pt (atomically) and DIR/<size>-<stage>.png (its curves
 
 from dataclasses import replace
 
-import torch
-
 from nanocot import checkpoint
-from nanocot.cli import (
-    Parser,
-    UsageError,
-    pick_device,
-    positive_float,
-    positive_int,
-    probability,
-    run_cli,
-    seed_int,
-    writable_dir,
-)
+from nanocot.cli import Parser, UsageError, add_run_flags, positive_float, positive_int, probability, run_cli, setup_run
 from nanocot.config import SIZES, STAGE_DEFAULTS, STAGES, CorpusConfig, TaskConfig, from_dict, to_dict
 from nanocot.plots import plot_direct_comparison, plot_stage
 from nanocot.sft import finetune, pretrain
@@ -39,10 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: the stage's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the stage's)")
     p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations (default: the stage's)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed for initialisation and data order (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints and plots (default: out)")
+    add_run_flags(p, "seed for initialisation and data order")
     p.add_argument("--num-examples", type=int, default=0,
                    help="warmup/direct only: train on a fixed pool of this many problems; 0 = fresh problems every step (default: 0)")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
@@ -80,10 +65,7 @@ def main(argv=None) -> None:
     train_cfg = replace(defaults, seed=args.seed, steps=args.steps or defaults.steps,
                         batch_size=args.batch_size or defaults.batch_size, lr=args.lr or defaults.lr,
                         eval_every=args.eval_every or defaults.eval_every)
-    device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    folder = writable_dir(args.ckpt_dir)
+    device, folder = setup_run(args)
     out_path = folder / f"{args.size}-{args.stage}.pt"
 
     if args.stage == "pretrain":

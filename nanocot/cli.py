@@ -56,6 +56,22 @@ def seed_int(text: str) -> int:
     return _checked(text, int, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
 
 
+def add_run_flags(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """The flags every training script shares: seed, device, threads, checkpoint folder."""
+    p.add_argument("--seed", type=seed_int, default=0, help=f"{seed_help} (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints and plots (default: out)")
+
+
+def setup_run(args: argparse.Namespace) -> tuple[torch.device, Path]:
+    """Apply the shared flags: pick the device, set the thread count, check the folder is writable."""
+    device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device, writable_dir(args.ckpt_dir)
+
+
 def pick_device(name: str) -> torch.device:
     """'auto' picks cuda > mps > cpu; anything else must be available."""
     if name == "auto":
