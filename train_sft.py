@@ -15,7 +15,7 @@ from nanocot.config import SIZES, STAGE_DEFAULTS, STAGES, CorpusConfig, TaskConf
 from nanocot.plots import plot_direct_comparison, plot_stage
 from nanocot.sft import finetune, pretrain
 from nanocot.task import validate
-from nanocot.tokenizer import Tokenizer
+from nanocot.tokenizer import NUMBER_FORMATS, Tokenizer
 
 
 def parse_args(argv=None):
@@ -36,7 +36,7 @@ def parse_args(argv=None):
                    help=f"fewest operands mixed into training (default: {task.min_operands})")
     g.add_argument("--min-modulus", type=int, default=task.min_modulus, help=f"smallest modulus (default: {task.min_modulus})")
     g.add_argument("--max-modulus", type=int, default=task.max_modulus, help=f"largest modulus (default: {task.max_modulus})")
-    g.add_argument("--number-format", choices=["tokens", "digits"], default=task.number_format,
+    g.add_argument("--number-format", choices=NUMBER_FORMATS, default=task.number_format,
                    help=f"numbers as single tokens or as digit characters (default: {task.number_format})")
     g.add_argument("--easier-fraction", type=probability, default=task.easier_fraction,
                    help=f"share of training problems with fewer operands (default: {task.easier_fraction})")

@@ -10,6 +10,7 @@ from collections import defaultdict
 import torch
 
 from nanocot.model import GPT
+from nanocot.sampling import generate
 from nanocot.task import COT, DIRECT, Problem, prompt, reward
 from nanocot.tokenizer import Tokenizer
 
@@ -37,29 +38,28 @@ def direct_accuracy(model: GPT, tok: Tokenizer, problems: list[Problem]) -> floa
     if tok.number_format == "tokens":  # the answer is one token: one forward pass suffices
         predictions = direct_predictions(model, tok, problems)
         return sum(pred == str(p.answer) for pred, p in zip(predictions, problems)) / len(problems)
-    from nanocot.sampling import generate  # digits: decode greedily up to the newline, then parse strictly
-
-    prompts = [tok.encode(prompt(p, DIRECT)) for p in problems]
-    samples = generate(model, prompts, 4, stop_id=tok.newline_id, pad_id=tok.pad_id, greedy=True)
-    texts = [tok.decode(row[:n]) for row, n in zip(samples.tokens.tolist(), samples.lengths())]
+    texts = completions(model, tok, problems, DIRECT, max_new_tokens=4)  # digits: decode, then parse strictly
     return sum(reward(p, t, DIRECT) for p, t in zip(problems, texts)) / len(problems)
 
 
 @torch.no_grad()
-def cot_completions(model: GPT, tok: Tokenizer, problems: list[Problem], greedy: bool = True,
-                    temperature: float = 1.0, generator: torch.Generator | None = None,
-                    max_new_tokens: int = 80, batch_size: int = 512) -> list[str]:
-    """The model's step-by-step completion for each problem (text up to and including the newline)."""
-    from nanocot.sampling import generate
-
+def completions(model: GPT, tok: Tokenizer, problems: list[Problem], mode: str, greedy: bool = True,
+                temperature: float = 1.0, generator: torch.Generator | None = None,
+                max_new_tokens: int = 80, batch_size: int = 512) -> list[str]:
+    """The model's completion of each problem's `mode` prompt (text up to and including the newline)."""
     texts = []
     for lo in range(0, len(problems), batch_size):
         chunk = problems[lo : lo + batch_size]
-        prompts = [tok.encode(prompt(p, COT)) for p in chunk]
+        prompts = [tok.encode(prompt(p, mode)) for p in chunk]
         samples = generate(model, prompts, max_new_tokens, stop_id=tok.newline_id, pad_id=tok.pad_id,
                            temperature=temperature, greedy=greedy, generator=generator)
-        texts += [tok.decode(row[: n]) for row, n in zip(samples.tokens.tolist(), samples.lengths())]
+        texts += [tok.decode(row[:n]) for row, n in zip(samples.tokens.tolist(), samples.lengths())]
     return texts
+
+
+def cot_completions(model: GPT, tok: Tokenizer, problems: list[Problem], **kwargs) -> list[str]:
+    """The model's step-by-step completions (see `completions`)."""
+    return completions(model, tok, problems, COT, **kwargs)
 
 
 def cot_accuracy(model: GPT, tok: Tokenizer, problems: list[Problem], **kwargs) -> float:

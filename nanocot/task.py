@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nanocot.config import TaskConfig
-from nanocot.tokenizer import MAX_NUMBER
+from nanocot.tokenizer import MAX_NUMBER, NUMBER_FORMATS
 
 DIRECT, COT = "direct", "cot"
 MAX_OPERANDS = 8  # prompt + trace of k + 2 operands (the OOD split) must fit a 96-token context
@@ -193,8 +193,8 @@ def validate(config: TaskConfig) -> None:
         raise ValueError(f"need 2 <= min operands <= operands, got {config.min_operands}, {config.num_operands}")
     if not 0.0 <= config.easier_fraction <= 1.0:
         raise ValueError(f"easier fraction must be in [0, 1], got {config.easier_fraction}")
-    if config.number_format not in ("tokens", "digits"):
-        raise ValueError(f"number format must be 'tokens' or 'digits', got {config.number_format!r}")
+    if config.number_format not in NUMBER_FORMATS:
+        raise ValueError(f"number format must be one of {NUMBER_FORMATS}, got {config.number_format!r}")
     if not 0.0 < config.test_fraction < 0.5:
         raise ValueError(f"test fraction must be in (0, 0.5), got {config.test_fraction}")
     if 3 * config.max_modulus - 2 > MAX_NUMBER:  # the "larger" OOD split's running sums reach 3m - 2

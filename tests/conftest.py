@@ -45,6 +45,18 @@ def make_model(vocab_size: int, seed: int = 0, std: float = 0.5, **overrides) ->
     return model.eval()
 
 
+def cli_exit_code(main, argv: list[str]) -> int:
+    """Run a script's `main(argv)` the way its `python script.py` does (through run_cli); return the exit
+    code (0 if it returns). In-process, so each bad-input case costs no interpreter start-up."""
+    from nanocot.cli import run_cli
+
+    try:
+        run_cli(lambda: main(argv))
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
 @pytest.fixture(scope="session")
 def tiny_pretrain_payload() -> dict:
     """A real (2-step) tiny pretraining payload, as train_sft.py would save it."""

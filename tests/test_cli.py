@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import cli_exit_code
 
 from nanocot import checkpoint
 
@@ -179,15 +180,9 @@ def test_end_to_end_checkpoints_are_consistent(end_to_end):
 
 
 def _main_exit_code(argv: list[str]) -> int:
-    """Run train_sft.main the way `python train_sft.py` does; return its exit code (0 if it returns)."""
     import train_sft
-    from nanocot.cli import run_cli
 
-    try:
-        run_cli(lambda: train_sft.main(argv))
-    except SystemExit as e:
-        return e.code
-    return 0
+    return cli_exit_code(train_sft.main, argv)
 
 
 def test_negative_seed_is_a_usage_error(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_model
+from conftest import cli_exit_code, make_model
 
 import nanocot.rl as rl
 from nanocot import checkpoint
@@ -354,15 +354,9 @@ def end_to_end(request, tmp_path_factory, root):
 
 
 def _main_exit_code(argv: list[str]) -> int:
-    """Run train_rl.main the way `python train_rl.py` does; return its exit code (0 if it returns)."""
     import train_rl
-    from nanocot.cli import run_cli
 
-    try:
-        run_cli(lambda: train_rl.main(argv))
-    except SystemExit as e:
-        return e.code
-    return 0
+    return cli_exit_code(train_rl.main, argv)
 
 
 @pytest.mark.parametrize("args, expected", [
