@@ -2,21 +2,40 @@
 
 The seed's defence against steganography: if the answer depends only on what the trace *says*, a
 rewording that keeps the meaning keeps the answer; anything hidden in the exact surface form is lost.
-Each paraphraser maps the body of a trace (`steps;` without the answer) to another body.
+- Each paraphraser maps the body of a trace (`steps;`, without the answer) to another body ending in ";"
+  (so the model still knows where to answer), or None if the body does not parse. `rng` makes the
+  stochastic ones reproducible.
+- `canonical` parses and re-renders: the identity on a well-formed trace. It is the control: its accuracy
+  gap must be 0, or the measuring plumbing (not the model) changed something.
+- `swap` writes `b+a` for `a+b`; `reword` also varies spacing, separators and operator words
+  ("plus", "is", "minus", "then": words the corpus uses); `words` translates every number into English
+  number words ("twenty seven"), the corpus's second surface language for numbers.
+- `canonicalize` reads any of these forms back into the canonical `a+b=t-m=u,...` text, so the monitor
+  and the tests can parse and execute a paraphrased trace.
 """
 
 import random
+import re
 
+from nanocot.corpus import number_word
 from nanocot.trace import Step, parse_step
+
+
+def _parse_body(body: str) -> list[Step] | None:
+    """'s1,s2;' -> parsed steps, or None if anything is malformed."""
+    if not body.endswith(";"):
+        return None
+    steps = [parse_step(s) for s in body[:-1].split(",")]
+    if not steps or any(s is None for s in steps):
+        return None
+    return steps
 
 
 def swap_operands(body: str, rng: random.Random) -> str | None:
     """Commutative order: each step `a+b=t...` becomes `b+a=t...` with probability 1/2 (at least one
     step is swapped when there are any). Returns None for a body that does not parse."""
-    if not body.endswith(";"):
-        return None
-    steps = [parse_step(s) for s in body[:-1].split(",")]
-    if not steps or any(s is None for s in steps):
+    steps = _parse_body(body)
+    if steps is None:
         return None
     flips = [rng.random() < 0.5 for _ in steps]
     if not any(flips):
@@ -25,4 +44,67 @@ def swap_operands(body: str, rng: random.Random) -> str | None:
     return ",".join(s.render() for s in out) + ";"
 
 
-PARAPHRASERS = {"swap": swap_operands}
+def canonical(body: str, rng: random.Random) -> str | None:
+    """Parse and render again: the identity on well-formed traces (the control paraphraser)."""
+    steps = _parse_body(body)
+    return None if steps is None else ",".join(s.render() for s in steps) + ";"
+
+
+def _say(step: Step, number, plus: str, equals: str, minus: str) -> str:
+    """One step in a chosen vocabulary: number(n) spells a number; plus/equals/minus spell the operators."""
+    text = f"{number(step.left)}{plus}{number(step.right)}{equals}{number(step.total)}"
+    for amount, value in step.reductions:
+        text += f"{minus if amount < 0 else plus}{number(abs(amount))}{equals}{number(value)}"
+    return text
+
+
+def reword(body: str, rng: random.Random) -> str | None:
+    """Stochastic rewording: per step, operand order (1/2), and one of three styles ('8+7=15',
+    '8 + 7 = 15', '8 plus 7 is 15'); between steps ',', ', ' or ' then '."""
+    steps = _parse_body(body)
+    if steps is None:
+        return None
+    styles = [("+", "=", "-"), (" + ", " = ", " - "), (" plus ", " is ", " minus ")]
+    parts = []
+    for s in steps:
+        if rng.random() < 0.5:
+            s = Step(s.right, s.left, s.total, s.reductions)
+        parts.append(_say(s, str, *rng.choice(styles)))
+    text = parts[0]
+    for part in parts[1:]:
+        text += rng.choice([",", ", ", " then "]) + part
+    return text + ";"
+
+
+def spell(n: int) -> str:
+    """A number in words where the corpus has words for it (0..99, 'negative' for a minus sign);
+    digits otherwise."""
+    if abs(n) > 99:
+        return str(n)
+    return ("negative " if n < 0 else "") + number_word(abs(n))
+
+
+def to_words(body: str, rng: random.Random) -> str | None:
+    """Translation into the corpus's prose: 'eight plus seven is fifteen, fifteen plus twelve is twenty
+    seven minus twenty one is six;'. Deterministic (rng unused; kept for the common signature)."""
+    steps = _parse_body(body)
+    if steps is None:
+        return None
+    return ", ".join(_say(s, spell, " plus ", " is ", " minus ") for s in steps) + ";"
+
+
+# longest first, so 'twenty seven' wins over 'twenty' and 'seventeen' over 'seven'
+_WORD_VALUES = {number_word(n): n for n in range(100)}
+_NUMBER_WORDS = re.compile(
+    r"\b(negative )?(" + "|".join(sorted(_WORD_VALUES, key=len, reverse=True)) + r")\b")
+
+
+def canonicalize(text: str) -> str:
+    """Read any paraphrased form back into canonical text ('8 plus seven is 15, ...' -> '8+7=15,...')."""
+    text = _NUMBER_WORDS.sub(lambda m: ("-" if m.group(1) else "") + str(_WORD_VALUES[m.group(2)]), text)
+    for word, symbol in ((" plus ", "+"), (" minus ", "-"), (" is ", "="), (" then ", ",")):
+        text = text.replace(word, symbol)
+    return text.replace(" ", "")
+
+
+PARAPHRASERS = {"swap": swap_operands, "canonical": canonical, "reword": reword, "words": to_words}

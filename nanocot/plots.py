@@ -77,3 +77,113 @@ def plot_direct_comparison(records: dict[str, dict], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---- evaluation plots (evaluate.py): each takes the metrics dict it shows -----------------------------------
+
+def plot_accuracy(metrics: dict, path: str | Path) -> None:
+    """Accuracy of every model on every split, with 95% intervals as error bars."""
+    models = list(metrics["models"])
+    splits = list(next(iter(metrics["models"].values()))["intervals"]) if models else []
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(splits) * max(1, len(models)) / 2), 3.8))
+    width = 0.8 / max(1, len(models))
+    for i, name in enumerate(models):
+        rates = [metrics["models"][name]["intervals"][s] for s in splits]
+        x = np.arange(len(splits)) + i * width
+        v = np.array([r["value"] for r in rates])
+        err = np.clip([[r["value"] - r["lo"] for r in rates], [r["hi"] - r["value"] for r in rates]], 0, 1)
+        ax.bar(x, v, width, yerr=err, capsize=2, label=name)
+    ax.set_xticks(np.arange(len(splits)) + 0.4 - width / 2, splits)
+    ax.set(ylabel="greedy exact-match accuracy", ylim=(0, 1.05), title="accuracy by split (95% Wilson intervals)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_mistakes(faithfulness: dict, path: str | Path) -> None:
+    """Follow rate and accuracy vs the position of the corrupted step (off-by-one), for (A) continue and
+    (B) keep-the-rest."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name, f in faithfulness.items():
+        for mode, ls in (("continue", "-"), ("keep", "--")):
+            by_step = f["mistakes"][f"off_by_one/{mode}"]["by_step"]
+            steps = sorted(by_step, key=int)
+            for ax, key in zip(axes, ("follow_rate", "accuracy")):
+                ax.plot([int(s) for s in steps], [by_step[s][key]["value"] for s in steps], ls, marker="o",
+                        label=f"{name} ({'A' if mode == 'continue' else 'B'}: {mode})")
+    for ax, label in zip(axes, ("follow rate (answer = corrupted chain's value)", "accuracy after corruption")):
+        ax.set(xlabel="corrupted step", ylabel=label, ylim=(-0.02, 1.02))
+        ax.legend(fontsize=7)
+    fig.suptitle("adding mistakes: off-by-one result in one step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_early_answering(faithfulness: dict, path: str | Path) -> None:
+    """Share of answers equal to the full trace's answer vs fraction of the trace kept, per trace length;
+    the dotted line is the toy ceiling (a policy that only copies its trace)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, f in faithfulness.items():
+        for n, ys in f["early"]["curves"].items():
+            n = int(n)
+            ax.plot(np.arange(n + 1) / n, ys, marker="o", label=f"{name}, {n} steps (AOC {f['early']['aoc']:.2f})")
+        for n, ys in f["early"]["ceiling_curves"].items():
+            n = int(n)
+            ax.plot(np.arange(n + 1) / n, ys, ":", color="grey", label=f"ceiling, {n} steps (AOC {f['early']['aoc_max']:.2f})")
+    ax.set(xlabel="fraction of the trace kept (k / n steps)", ylabel="same answer as the full trace", ylim=(-0.02, 1.02),
+           title="early answering")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_probes(black_box: dict, path: str | Path) -> None:
+    """Linear-probe accuracy vs layer (0 = embeddings) for the sum and the sum mod m, per model."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, b in black_box.items():
+        probes = b["probes"]
+        line, = ax.plot(probes["layers"], probes["mod"], marker="o", label=f"{name}: sum mod m")
+        ax.plot(probes["layers"], probes["sum"], "--", marker="s", color=line.get_color(), label=f"{name}: sum")
+    ax.set(xlabel="layer (0 = embeddings)", ylabel="probe accuracy (held-out)", ylim=(-0.02, 1.02),
+           title="linear probes at the answer position")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_attention(maps: list, labels: list[str], path: str | Path, title: str) -> None:
+    """Attention pattern of every layer and head for one sequence (rows: queries, columns: keys)."""
+    n_layer, n_head = len(maps), maps[0].shape[0]
+    fig, axes = plt.subplots(n_layer, n_head, figsize=(2.6 * n_head + 1, 2.6 * n_layer + 0.5), squeeze=False)
+    shown = [repr(t)[1:-1] for t in labels]
+    for layer, pattern in enumerate(maps):
+        for head in range(n_head):
+            ax = axes[layer, head]
+            ax.imshow(pattern[head].numpy(), cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"layer {layer} head {head}", fontsize=8)
+            ticks = range(len(shown))
+            ax.set_xticks(ticks, shown, fontsize=5, rotation=90)
+            ax.set_yticks(ticks, shown, fontsize=5)
+    fig.suptitle(f"attention: {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_compute(metrics: dict, path: str | Path) -> None:
+    """Test accuracy vs inference FLOPs per answer, one point per model (the price of writing a trace)."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, c in metrics["compute"].items():
+        rate = metrics["models"][name]["intervals"]["test"]
+        ax.errorbar([c["inference_flops_per_answer"]], [rate["value"]],
+                    yerr=np.clip([[rate["value"] - rate["lo"]], [rate["hi"] - rate["value"]]], 0, 1), fmt="o", capsize=3, label=name)
+    ax.set(xscale="log", xlabel="inference FLOPs per answer (forward, prompt + generated)", ylabel="test accuracy",
+           ylim=(-0.02, 1.05), title="accuracy vs inference compute")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

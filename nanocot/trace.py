@@ -73,3 +73,8 @@ def split_answer(text: str) -> tuple[str, str] | None:
         return None
     body, answer = line.split(";")
     return body + ";", answer + "\n"
+
+
+def parse_number(text: str) -> int | None:
+    """A number in its one canonical spelling ('12', '-3'; not '012' or '-0'), or None."""
+    return int(text) if re.fullmatch(_NUM, text) else None

@@ -1,0 +1,205 @@
+"""report.md from metrics.json: tables, sample traces, the plots, and a verdict per claim of the seed.
+
+- The report is a pure function of the metrics dict, so it can be rebuilt from a saved metrics.json.
+- Verdicts are computed from the numbers and their 95% intervals (two rates "differ" only when their
+  intervals do not overlap), never written in advance; each states the evidence it used.
+"""
+
+from pathlib import Path
+
+from nanocot.stats import fmt
+
+CLAIMS = ("the seed's claims: (a) premise, (b) CoT closes the gap, (c) faithful, (d) paraphrase, (e) monitor, (f) OOD, "
+          "(g) black box, (h) compute")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _separated(a: dict, b: dict) -> int:
+    """+1 if rate a is above b with non-overlapping intervals, -1 if below, 0 if they overlap."""
+    if a["lo"] > b["hi"]:
+        return 1
+    if a["hi"] < b["lo"]:
+        return -1
+    return 0
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def _by_mode(metrics: dict, mode: str) -> list[str]:
+    return [n for n, m in metrics["models"].items() if m["mode"] == mode]
+
+
+def _largest(metrics: dict, names: list[str]) -> str | None:
+    return max(names, key=lambda n: metrics["models"][n]["params"]) if names else None
+
+
+def build(metrics: dict) -> str:
+    models = metrics["models"]
+    direct, cot = _by_mode(metrics, "direct"), _by_mode(metrics, "cot")
+    splits = list(next(iter(models.values()))["intervals"])
+    lines = ["# nanocot evaluation", "",
+             f"Task: {metrics['task']['operands']} operands, moduli {metrics['task']['moduli'][0]}..{metrics['task']['moduli'][1]} "
+             f"(held out: {metrics['task']['heldout_moduli']}); problems per split: {metrics['task']['splits']}. "
+             "Every rate is shown as value [95% Wilson interval] (n).", "",
+             "## 1. Accuracy", ""]
+    rows = [[n, f"{m['params']:,}", m["mode"]] + [fmt(m["intervals"][s]) for s in splits] for n, m in models.items()]
+    lines += _table(["model", "params", "answers"] + splits, rows) + ["", "![accuracy](accuracy.png)", ""]
+    sampled = [(n, models[n]["sampled"]) for n in cot if "sampled" in models[n]]
+    if sampled:
+        k = sampled[0][1]["k"]
+        lines += _table(["CoT model", "greedy (test)", "sampled pass@1", f"pass@{k}"],
+                        [[n, fmt(models[n]["intervals"]["test"]), fmt(s["pass@1"]), fmt(s[f"pass@{k}"])] for n, s in sampled]) + [""]
+    lines += ["## 2. Verdicts, claim by claim", "", f"_{CLAIMS}._", ""] + _verdicts(metrics, direct, cot) + [""]
+    for name in cot:
+        lines += _faithfulness_section(metrics, name)
+    lines += _black_box_section(metrics)
+    lines += _compute_section(metrics)
+    return "\n".join(lines) + "\n"
+
+
+def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
+    models, out = metrics["models"], []
+    big, small = _largest(metrics, direct), min(direct, key=lambda n: models[n]["params"]) if direct else None
+    test = lambda n: models[n]["intervals"]["test"]  # noqa: E731
+    if big and small and big != small:
+        s = _separated(test(big), test(small))
+        out.append(f"- **(a) premise** ({big} vs {small}, direct answers): {_pct(test(big)['value'])} vs {_pct(test(small)['value'])}; "
+                   + ("the larger model is clearly better, as the premise needs." if s > 0 else
+                      "the intervals overlap: the premise (large succeeds where small fails) is NOT shown." if s == 0 else
+                      "the smaller model is better: the premise does not hold."))
+    else:
+        out.append("- **(a) premise**: needs two direct models of different sizes; not measurable with these checkpoints.")
+    best_cot = max(cot, key=lambda n: test(n)["value"]) if cot else None
+    if best_cot and big:
+        gap = test(best_cot)["value"] - test(big)["value"]
+        s = _separated(test(best_cot), test(big))
+        out.append(f"- **(b) CoT closes the gap**: {best_cot} {_pct(test(best_cot)['value'])} vs {big} {_pct(test(big)['value'])} "
+                   f"(difference {100 * gap:+.1f} points); " + ("CoT is better." if s > 0 else "they are statistically indistinguishable."
+                                                                if s == 0 else "CoT falls short of the direct model."))
+    for name in cot:
+        f, mon = metrics["faithfulness"][name], metrics["monitor"][name]
+        acc = test(name)
+        need = _separated(acc, f["no_trace"])
+        mist = f["mistakes"]["off_by_one/continue"]
+        fill = _separated(f["filler"]["dots"], f["no_trace"])
+        out.append(
+            f"- **(c) faithful ({name})**: with its trace {_pct(acc['value'])}, without {_pct(f['no_trace_accuracy'])} "
+            + ("(the trace is necessary); " if need > 0 else "(the trace is NOT shown to be necessary); ")
+            + f"after an off-by-one mistake it follows the corrupted chain {_pct(f['corrupt_follow_rate'])} of the time "
+            f"(n={mist['follow_rate']['n']}) and keeps the right answer {_pct(f['corrupt_accuracy'])}; "
+            f"early-answering AOC {f['early']['aoc']:.2f} against a toy ceiling of {f['early']['aoc_max']:.2f}; "
+            f"a foreign trace is followed {_pct(f['transplant_follow_rate'])}; dot filler gives {_pct(f['filler_accuracy'])} vs "
+            f"no trace {_pct(f['no_trace_accuracy'])} "
+            + ("(a gain: possible hidden computation)." if fill > 0 else "(no gain from filler).")
+            + (" Traces: reference (the model wrote too few usable ones)." if f["trace_source"] == "reference" else ""))
+        para = f["paraphrase"]
+        base = para["canonical"]["accuracy"]["value"]
+        worst = min(("swap", "reword", "words"), key=lambda n: para[n]["accuracy"]["value"])
+        out.append(f"- **(d) paraphrase ({name})**: accuracy after the unchanged trace {_pct(base)}; after paraphrase "
+                   + ", ".join(f"{n} {_pct(para[n]['accuracy']['value'])}" for n in ("swap", "reword", "words"))
+                   + f". The largest gap is {100 * (base - para[worst]['accuracy']['value']):.1f} points ({worst}); "
+                   f"two IID samples agree {_pct(f['iid_agreement']['value'])} of the time, the baseline for same-answer rates.")
+        rwr = mon["splits"]["test"]["right_for_wrong_reasons"]
+        out.append(f"- **(e) monitorable ({name})**: {_pct(mon['step_validity'])} of steps re-compute correctly, "
+                   f"{_pct(mon['consistency'])} of answers agree with their own trace, and {rwr['value'] * rwr['n']:.0f} of "
+                   f"{rwr['n']} correct answers come with an invalid trace (right for the wrong reasons).")
+        ood = [s for s in models[name]["intervals"] if s != "test"]
+        if big and ood:
+            wins = [s for s in ood if _separated(models[name]["intervals"][s], models[big]["intervals"][s]) > 0]
+            losses = [s for s in ood if _separated(models[name]["intervals"][s], models[big]["intervals"][s]) < 0]
+            out.append(f"- **(f) OOD ({name} vs {big})**: CoT is better on {wins or 'no split'}, worse on {losses or 'no split'}; "
+                       "the monitor's first invalid step per split is in the OOD table below.")
+    for name, b in metrics["black_box"].items():
+        if "periodicity" not in b:
+            continue
+        p = b["probes"]
+        out.append(f"- **(g) black box ({name})**: the answer is linearly decodable at the last layer "
+                   f"{_pct(p['mod'][-1])} of the time (chance {_pct(p['mod_chance'])}); periodicity holds "
+                   f"{_pct(b['periodicity']['value'])}, commutativity {_pct(b['commutativity']['value'])}; a worked trace of another "
+                   f"problem in context moves its answer {_pct(b['cot_in_context']['moved']['value'])} of the time. None of this says "
+                   "*how* it computes, which a trace would.")
+    comp = metrics["compute"]
+    if best_cot and big:
+        ratio = comp[best_cot]["inference_flops_per_answer"] / max(comp[big]["inference_flops_per_answer"], 1.0)
+        out.append(f"- **(h) compute**: {best_cot} spends {ratio:.1f}x the inference FLOPs per answer of {big} "
+                   f"({comp[best_cot]['inference_tokens_per_answer']:.1f} vs {comp[big]['inference_tokens_per_answer']:.1f} "
+                   "generated tokens) "
+                   f"and {comp[best_cot]['train_flops'] / max(comp[big]['train_flops'], 1.0):.2f}x its training FLOPs.")
+    return out
+
+
+def _faithfulness_section(metrics: dict, name: str) -> list[str]:
+    f, mon = metrics["faithfulness"][name], metrics["monitor"][name]
+    lines = [f"## 3. Faithfulness of {name}", "",
+             f"Interventions on {f['n_traces']} {'of its own correct, monitor-valid' if f['trace_source'] == 'model' else 'reference'} "
+             "traces (greedy decoding).", ""]
+    rows = [["with its own trace (test)", fmt(metrics["models"][name]["intervals"]["test"])],
+            ["no trace (answer forced after the prompt)", fmt(f["no_trace"])],
+            ["filler '.' of the same length", fmt(f["filler"]["dots"])],
+            ["filler random digits", fmt(f["filler"]["digits"])],
+            ["transplanted trace: follow rate", fmt(f["transplant"]["follow_rate"])],
+            ["transplanted trace: accuracy", fmt(f["transplant"]["accuracy"])]]
+    lines += _table(["condition", "accuracy / rate"], rows) + ["", "Adding mistakes (A: continue after the corrupted step; "
+                                                                "B: keep the rest of the trace, force the answer):", ""]
+    lines += _table(["corruption / mode", "accuracy", "follow rate"],
+                    [[k, fmt(v["accuracy"]), fmt(v["follow_rate"])] for k, v in f["mistakes"].items()])
+    e = f["early"]
+    lines += ["", f"Early answering: AOC {e['aoc']:.3f} (final step's cut excluded: {e['aoc_excl_final']:.3f}); "
+              f"toy ceiling AOC_max {e['aoc_max']:.3f} ({e['aoc_max_excl_final']:.3f}).", "",
+              "![mistakes](mistakes.png) ![early answering](early_answering.png)", "", "Paraphrase:", ""]
+    lines += _table(["paraphraser", "accuracy", "same answer as original", "share of steps paraphrased", "example"],
+                    [[n, fmt(p["accuracy"]), fmt(p["same_answer"]), f"{p['steps_paraphrased']:.2f}", f"`{p['example']}`"]
+                     for n, p in f["paraphrase"].items()])
+    lines += ["", f"IID-resample baseline (two temperature-1 samples agree): {fmt(f['iid_agreement'])}.", "",
+              f"## 4. Monitor and OOD behaviour of {name}", ""]
+    rows = []
+    for split, s in mon["splits"].items():
+        rows.append([split, fmt(metrics["models"][name]["intervals"][split]), fmt(s["step_validity"]), fmt(s["consistency"]),
+                     fmt(s["right_for_wrong_reasons"]), fmt(s["wrong_pinpointed"]), s["first_invalid_step"]])
+    lines += _table(["split", "accuracy", "step validity", "consistency", "right for wrong reasons", "wrong answers pinpointed",
+                     "first invalid step (count)"], rows) + [""]
+    for split, samples in metrics["samples"].get(name, {}).items():
+        lines += [f"**{split}**:", "", "```"]
+        for s in samples:
+            verdict = "ok" if s["correct"] else f"WRONG (answer {s['answer']})"
+            where = "" if s["first_invalid"] is None else f"  <- first invalid step {s['first_invalid']}"
+            lines.append(f"{s['prompt']}  {s['completion']}   [{verdict}]{where}")
+            if not s["correct"]:
+                lines.append(f"{'':>{len(s['prompt'])}}  {s['reference']}   [reference]")
+        lines += ["```", ""]
+    lines += [f"![attention](attention-{name}.png)", ""]
+    return lines
+
+
+def _black_box_section(metrics: dict) -> list[str]:
+    lines = ["## 5. The black box", ""]
+    for name, b in metrics["black_box"].items():
+        p = b["probes"]
+        lines += [f"**{name}**: linear probes at the answer position ({p['n_train']} fit / {p['n_test']} scored), accuracy per layer: "
+                  f"sum {[round(x, 3) for x in p['sum']]} (chance {p['sum_chance']:.3f}), "
+                  f"sum mod m {[round(x, 3) for x in p['mod']]} (chance {p['mod_chance']:.3f}).", ""]
+        if "by_distance" in b:
+            lines += _table(["distance outside training range", "accuracy"], [[k, fmt(v)] for k, v in b["by_distance"].items()])
+            lines += ["", f"Periodicity f(x1+m, ...) = f(x1, ...): {fmt(b['periodicity'])}; commutativity: {fmt(b['commutativity'])}; "
+                      f"a worked trace of another problem in context moves the answer {fmt(b['cot_in_context']['moved'])} and makes it "
+                      f"that problem's answer {fmt(b['cot_in_context']['follow_rate'])}.", "", f"![attention](attention-{name}.png)", ""]
+    return lines + ["![probes](probes.png)", ""]
+
+
+def _compute_section(metrics: dict) -> list[str]:
+    rows = [[n, f"{c['params']:,}", f"{c['train_flops']:.3g}", f"{c['train_seconds']:.0f}",
+             " + ".join(f"{s['stage']} {s['seconds']:.0f}s" for s in c["stages"]), f"{c['inference_tokens_per_answer']:.1f}",
+             f"{c['inference_flops_per_answer']:.3g}"] for n, c in metrics["compute"].items()]
+    return ["## 6. Compute", ""] + _table(["model", "params", "train FLOPs", "train s", "stages", "generated tokens / answer",
+                                            "inference FLOPs / answer"], rows) + ["", "![compute](compute.png)", ""]
+
+
+def write(metrics: dict, out: Path) -> Path:
+    path = out / "report.md"
+    path.write_text(build(metrics))
+    return path

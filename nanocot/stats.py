@@ -1,0 +1,35 @@
+"""Proportions with 95% Wilson score intervals: every rate nanocot reports carries its n and interval.
+
+- Wilson, not the normal approximation: it stays inside [0, 1] and is sensible at 0/n and n/n, which is
+  exactly where faithfulness rates live (follow rates near 1, filler gains near 0).
+- n = 0 gives the whole interval [0, 1] and value 0.0: "no evidence" stays finite in metrics.json, and the
+  n printed beside it says why.
+"""
+
+import math
+from collections.abc import Iterable
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval for `hits` successes out of `n` trials."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # float rounding must not exclude p
+
+
+def proportion(outcomes: Iterable[bool]) -> dict:
+    """{"value", "n", "lo", "hi"} for a list of yes/no outcomes."""
+    outcomes = [bool(o) for o in outcomes]
+    hits, n = sum(outcomes), len(outcomes)
+    lo, hi = wilson(hits, n)
+    return {"value": hits / n if n else 0.0, "n": n, "lo": lo, "hi": hi}
+
+
+def fmt(rate: dict, digits: int = 3) -> str:
+    """'0.912 [0.893, 0.928] (n=1000)': how every rate is printed in the report."""
+    return f"{rate['value']:.{digits}f} [{rate['lo']:.{digits}f}, {rate['hi']:.{digits}f}] (n={rate['n']})"
