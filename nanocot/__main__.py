@@ -1,0 +1,87 @@
+"""`python -m nanocot`: the whole experiment, from nothing to a report.
+
+    python -m nanocot                     # one seed: checkpoints in out/, report in out/eval/report.md
+    python -m nanocot --seeds 0,1,2       # three seeds, then out/eval/seeds.md with mean and 95% interval
+    python -m nanocot --quick             # smoke test of the plumbing (a few steps per stage)
+
+Stages whose finished checkpoint exists are skipped (--force redoes them); an interrupted stage is
+resumed. Each stage is one of train_sft.py / train_rl.py / evaluate.py, printed before it runs.
+"""
+
+import json
+import sys
+import time
+
+from nanocot.cli import Parser, UsageError, run_cli, writable_dir
+from nanocot.config import SIZES
+from nanocot.pipeline import StageFailed, banner, run_seed, seeds_report, summarise
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds must list distinct non-negative integers, e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
+def parse_args(argv=None):
+    p = Parser(prog="python -m nanocot", description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints (default: out)")
+    p.add_argument("--out", default="out/eval", help="folder for the report, plots and metrics.json (default: out/eval)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; several run the experiment once per seed "
+                   "into DIR/seed-S and summarise (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's choice (default: 0)")
+    p.add_argument("--small", choices=SIZES, default="small", help="preset of the small model (default: small)")
+    p.add_argument("--large", choices=SIZES, default="large", help="preset of the large model (default: large)")
+    p.add_argument("--force", action="store_true", help="redo every stage even if its checkpoint exists")
+    p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, numbers mean nothing")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    seeds = parse_seeds(args.seeds)
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
+    ckpt_root, out_root = writable_dir(args.ckpt_dir), writable_dir(args.out)
+    common = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    start, per_seed, timings = time.perf_counter(), {}, {}
+    for seed in seeds:
+        many = len(seeds) > 1
+        ckpt_dir = ckpt_root / f"seed-{seed}" if many else ckpt_root
+        out_dir = out_root / f"seed-{seed}" if many else out_root
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if many:
+            banner(f"seed {seed}")
+        timings[seed] = run_seed(seed, ckpt_dir, out_dir, common, args.small, args.large, args.quick, args.force)
+        per_seed[seed] = json.loads((out_dir / "metrics.json").read_text())
+    total = time.perf_counter() - start
+    banner(f"done in {total:.0f} s")
+    for seed, t in timings.items():
+        if t:
+            print(f"seed {seed}: " + ", ".join(f"{name} {s:.0f} s" for name, s in t.items()))
+    if len(seeds) > 1:
+        print(f"summary over seeds: {seeds_report(summarise(per_seed), seeds, out_root)}")
+    else:
+        print(f"report: {out_root / 'report.md'}")
+
+
+def main_interruptible(argv=None) -> None:
+    try:
+        main(argv)
+    except StageFailed as failure:
+        print(f"python -m nanocot: stopped: {failure}", file=sys.stderr)
+        sys.exit(failure.code if failure.code in (2, 130) else 1)
+    except KeyboardInterrupt:
+        print("python -m nanocot: interrupted; run the same command again to continue (finished stages are skipped, "
+              "the interrupted one resumes)", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_cli(main_interruptible)
