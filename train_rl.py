@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields, replace
 
 from nanocot import checkpoint
-from nanocot.cli import Parser, UsageError, add_run_flags, positive_float, positive_int, probability, run_cli, setup_run
+from nanocot.cli import Parser, UsageError, add_run_flags, nonnegative_float, positive_float, positive_int, probability, run_cli, setup_run
 from nanocot.config import SIZES, TaskConfig, from_dict, to_dict
 from nanocot.paraphrase import PARAPHRASERS
 from nanocot.plots import plot_rl
@@ -35,14 +35,15 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=positive_float, default=d.lr, help=f"AdamW learning rate (default: {d.lr})")
     p.add_argument("--temperature", type=positive_float, default=d.temperature, help=f"sampling temperature (default: {d.temperature})")
     p.add_argument("--top-k", type=int, default=d.top_k, help="sample only among the k likeliest tokens; 0 = all (default: 0)")
-    p.add_argument("--baseline", choices=["loo", "mean"], default=d.baseline, help="leave-one-out or group-mean baseline (default: loo)")
-    p.add_argument("--kl", type=float, default=d.kl_coef, help="KL penalty to the starting policy (default: 0 = off)")
-    p.add_argument("--entropy", type=float, default=d.entropy_coef, help="entropy bonus (default: 0 = off)")
+    p.add_argument("--baseline", choices=["loo", "mean", "none"], default=d.baseline,
+                   help="leave-one-out, group-mean, or none (reinforce right traces only) (default: %(default)s)")
+    p.add_argument("--kl", type=nonnegative_float, default=d.kl_coef, help="KL penalty to the starting policy (default: 0 = off)")
+    p.add_argument("--entropy", type=nonnegative_float, default=d.entropy_coef, help="entropy bonus (default: 0 = off)")
     p.add_argument("--curriculum", choices=["mixed", "target", "ramp"], default=d.curriculum,
                    help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: mixed)")
     p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
                    help="probability that a sampled trace is paraphrased before its answer is sampled (default: 0)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default: {d.weight_decay})")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay, help=f"AdamW weight decay (default: {d.weight_decay})")
     p.add_argument("--grad-clip", type=positive_float, default=d.grad_clip, help=f"gradient-norm clip (default: {d.grad_clip})")
     p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens,
                    help=f"longest sampled completion (default: {d.max_new_tokens})")
@@ -65,8 +66,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.samples < 2:
         raise UsageError(f"--samples must be >= 2 for a baseline, got {args.samples}")
-    if args.top_k < 0 or args.kl < 0 or args.entropy < 0 or args.weight_decay < 0:
-        raise UsageError("--top-k, --kl, --entropy and --weight-decay must be >= 0")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
     config = RLConfig(steps=args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
                       temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
                       entropy_coef=args.entropy, curriculum=args.curriculum, paraphrase_prob=args.paraphrase_prob,
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
         if source is None:
             raise UsageError(f"no starting checkpoint: {' or '.join(map(str, candidates))} not found; run "
                              f"`python train_sft.py --size {args.size} --stage pretrain` (and --stage warmup) first")
-        start = checkpoint.load(source, expect={"size": args.size, "vocab": vocab})
+        start = checkpoint.load(source, expect={"size": args.size, "vocab": vocab}, finished=True)
         saved = start
 
     task = ModularAddition(from_dict(TaskConfig, start["task_config"]))

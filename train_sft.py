@@ -3,16 +3,19 @@
     python train_sft.py --size small --stage pretrain
     python train_sft.py --size small --stage direct      # starts from out/small-pretrain.pt
     python train_sft.py --size small --stage warmup      # CoT warm-up on a few reference traces
+    python train_sft.py --size small --stage direct --resume   # continue an interrupted run exactly
 
-Writes DIR/<size>-<stage>.pt (atomically) and DIR/<size>-<stage>.png (its curves).
+Writes DIR/<size>-<stage>.pt (atomically; also every --save-every steps and on Ctrl-C, as a resumable
+checkpoint that later stages refuse until it is finished) and DIR/<size>-<stage>.png (its curves).
 """
 
+import sys
 from dataclasses import replace
 
 from nanocot import checkpoint
+from nanocot.checkpoint import describe_mismatch
 from nanocot.cli import Parser, UsageError, add_run_flags, positive_float, positive_int, probability, run_cli, setup_run
-from nanocot.config import SIZES, STAGE_DEFAULTS, STAGES, CorpusConfig, TaskConfig, from_dict, to_dict
-from nanocot.plots import plot_direct_comparison, plot_stage
+from nanocot.config import SIZES, STAGE_DEFAULTS, STAGES, CorpusConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
 from nanocot.sft import finetune, pretrain
 from nanocot.task import validate
 from nanocot.tokenizer import NUMBER_FORMATS, Tokenizer
@@ -27,6 +30,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: the stage's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the stage's)")
     p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations (default: the stage's)")
+    p.add_argument("--save-every", type=positive_int, default=250,
+                   help="steps between resumable checkpoints, so a crash loses at most this many steps (default: 250)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from DIR/<size>-<stage>.pt exactly (its saved flags are used; "
+                        "training, task and corpus flags given now are ignored)")
     add_run_flags(p, "seed for initialisation and data order")
     p.add_argument("--num-examples", type=int, default=0,
                    help="warmup/direct only: train on a fixed pool of this many problems; 0 = fresh problems every step (default: 0)")
@@ -67,20 +75,50 @@ def main(argv=None) -> None:
                         eval_every=args.eval_every or defaults.eval_every)
     device, folder = setup_run(args)
     out_path = folder / f"{args.size}-{args.stage}.pt"
+    tok = Tokenizer()
+    # the same preset and vocabulary as now: a checkpoint made before a preset changed is refused, naming the field
+    same_model = {"size": args.size, "vocab": tok.vocab, "model_config": to_dict(model_config(args.size, len(tok)))}
+    saved_steps = []  # steps of the resumable checkpoints written by this run
 
-    if args.stage == "pretrain":
-        payload = pretrain(args.size, train_cfg, task_cfg, corpus_cfg, device)
-    else:
-        source = folder / f"{args.size}-pretrain.pt"
-        if not source.exists():
-            raise UsageError(f"{source} not found: run `python train_sft.py --size {args.size} --stage pretrain "
-                             f"--ckpt-dir {args.ckpt_dir}` first")
-        pretrained = checkpoint.load(source, expect={"size": args.size, "stage": "pretrain", "vocab": Tokenizer().vocab})
-        if from_dict(TaskConfig, pretrained["task_config"]) != task_cfg and task_cfg != TaskConfig():
-            raise UsageError(f"{source} was pretrained for task {to_dict(from_dict(TaskConfig, pretrained['task_config']))}; "
-                             "task flags apply to --stage pretrain only")
-        payload = finetune(pretrained, args.stage, train_cfg, device, num_examples=args.num_examples)
+    def save(partial: dict) -> None:
+        checkpoint.save(out_path, partial)
+        saved_steps.append(partial["step"])
+
+    run = dict(save=save, save_every=args.save_every)
+    try:
+        if args.resume:
+            saved = checkpoint.load(out_path, expect={**same_model, "stage": args.stage})
+            if "train_state" not in saved:
+                raise UsageError(f"{out_path} is a finished run ({saved['step']} steps); nothing to resume")
+            train_cfg = from_dict(TrainConfig, saved["train_config"])
+            if args.stage == "pretrain":
+                payload = pretrain(args.size, train_cfg, from_dict(TaskConfig, saved["task_config"]),
+                                   from_dict(CorpusConfig, saved["corpus_config"]), device, resume=saved, **run)
+            else:
+                payload = finetune(saved, args.stage, train_cfg, device, num_examples=saved["num_examples"], resume=saved, **run)
+        elif args.stage == "pretrain":
+            payload = pretrain(args.size, train_cfg, task_cfg, corpus_cfg, device, **run)
+        else:
+            source = folder / f"{args.size}-pretrain.pt"
+            if not source.exists():
+                raise UsageError(f"{source} not found: run `python train_sft.py --size {args.size} --stage pretrain "
+                                 f"--ckpt-dir {args.ckpt_dir}` first")
+            pretrained = checkpoint.load(source, expect={**same_model, "stage": "pretrain"}, finished=True)
+            pretrained_task = from_dict(TaskConfig, pretrained["task_config"])
+            if pretrained_task != task_cfg and task_cfg != TaskConfig():
+                raise UsageError(f"{source} was pretrained for another task ("
+                                 f"{describe_mismatch('task', to_dict(pretrained_task), to_dict(task_cfg))}); "
+                                 "task flags apply to --stage pretrain only")
+            payload = finetune(pretrained, args.stage, train_cfg, device, num_examples=args.num_examples, **run)
+    except KeyboardInterrupt:
+        if not saved_steps:
+            raise  # run_cli: "nothing was written"
+        print(f"interrupted: saved {out_path} at step {saved_steps[-1]}; continue exactly with `python train_sft.py "
+              f"--size {args.size} --stage {args.stage} --ckpt-dir {args.ckpt_dir} --resume`", file=sys.stderr)
+        sys.exit(130)
     checkpoint.save(out_path, payload)
+    from nanocot.plots import plot_direct_comparison, plot_stage  # here: matplotlib adds ~1 s to every start-up
+
     plot_stage(payload["record"], out_path.with_suffix(".png"), f"{args.size} {args.stage}")
     if args.stage == "direct":  # both sizes side by side, once both exist
         records = {}
@@ -91,7 +129,7 @@ def main(argv=None) -> None:
         plot_direct_comparison(records, folder / "direct-sft.png")
     last = payload["record"]["eval"][-1] if payload["record"]["eval"] else {}
     summary = ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k != "step")
-    print(f"{out_path}: {payload['params']:,} params, {train_cfg.steps} steps in {payload['seconds']:.0f}s"
+    print(f"{out_path}: {payload['params']:,} params, {payload['step']} steps in {payload['seconds']:.0f}s"
           + (f", {summary}" if summary else f", final loss {payload['record']['loss'][-1]:.3f}"))
 
 

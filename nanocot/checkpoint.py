@@ -5,7 +5,10 @@
 - Written to a temporary file in the same folder, flushed and fsynced, then renamed over the target: a
   crash leaves the old checkpoint or the new one, never half of one.
 - Loaded with `torch.load(weights_only=True)`, which refuses pickled code; every failure becomes a
-  `CheckpointError` whose message names the file and the problem.
+  `CheckpointError` whose message names the file and the problem, and a mismatch (another preset,
+  vocabulary or task) names the field that differs rather than printing whole configs.
+- A run in progress is saved with a `train_state` (SFT) or `rl_state` (RL) key: resumable, not finished.
+  `load(..., finished=True)` refuses such a file, so no later stage starts from half a model.
 """
 
 import os
@@ -23,8 +26,19 @@ class CheckpointError(ValueError):
 
 
 def save(path: str | Path, payload: dict) -> None:
+    """Write atomically; a full disk or unwritable folder becomes a CheckpointError naming the file, and
+    the previous checkpoint stays as it was."""
     path = Path(path)
+    try:
+        _write(path, payload)
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one (if any) is intact") from None
+
+
+def _write(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left behind by a writer that was SIGKILLed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -38,8 +52,31 @@ def save(path: str | Path, payload: dict) -> None:
         raise
 
 
-def load(path: str | Path, expect: dict | None = None) -> dict:
-    """Load a checkpoint; `expect` maps top-level keys to required values (e.g. {"size": "small"})."""
+def describe_mismatch(key: str, got, want) -> str:
+    """Name what differs in a short line: the differing fields of a config dict, the first differing
+    entry of a vocabulary, or the two values."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        fields = sorted(set(got) | set(want), key=str)
+        diffs = [f"{k}={got.get(k, '<missing>')!r} (expected {want.get(k, '<missing>')!r})" for k in fields if got.get(k) != want.get(k)]
+        return f"{key} differs: " + ", ".join(diffs)
+    if isinstance(got, list) and isinstance(want, list):
+        i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        at = lambda xs: repr(xs[i]) if i < len(xs) else "<end>"
+        return f"{key} differs: {len(got)} entries vs {len(want)} expected, first difference at {i}: {at(got)} vs {at(want)}"
+    return f"{key}={got!r}, expected {want!r}"
+
+
+def unfinished(payload: dict) -> str | None:
+    """Why a payload is a run in progress rather than a trained model, or None if it is finished."""
+    for key in ("train_state", "rl_state"):
+        if key in payload:
+            return f"an unfinished {payload.get('stage', '?')} run (step {payload.get('step', '?')}), resumable with --resume"
+    return None
+
+
+def load(path: str | Path, expect: dict | None = None, finished: bool = False) -> dict:
+    """Load a checkpoint; `expect` maps top-level keys to required values (e.g. {"size": "small"});
+    `finished=True` refuses a run in progress (a resumable checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
@@ -56,5 +93,7 @@ def load(path: str | Path, expect: dict | None = None) -> dict:
         raise CheckpointError(f"{path} is not a nanocot checkpoint (format {FORMAT})")
     for key, want in (expect or {}).items():
         if payload.get(key) != want:
-            raise CheckpointError(f"checkpoint {path} has {key}={payload.get(key)!r}, expected {want!r}")
+            raise CheckpointError(f"checkpoint {path} has {describe_mismatch(key, payload.get(key), want)}")
+    if finished and unfinished(payload):
+        raise CheckpointError(f"checkpoint {path} is {unfinished(payload)}; finish it before using it")
     return payload

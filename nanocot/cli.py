@@ -20,11 +20,17 @@ class UsageError(Exception):
     """A mistake in what the user asked for."""
 
 
+def one_line(text: str) -> str:
+    """Escape control characters (newline, and the other line breaks of str.splitlines such as \\x1e), so
+    a value the user typed (a path, a stray argument) cannot split the one error line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag gives one line (`prog: error: ...`) instead of usage + error."""
 
     def error(self, message: str):
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        print(f"{self.prog}: error: {one_line(message)} (see --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -50,6 +56,11 @@ def probability(text: str) -> float:
 
 def positive_float(text: str) -> float:
     return _checked(text, float, lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
+
+
+def nonnegative_float(text: str) -> float:
+    """For coefficients where 0 means off (KL, entropy, weight decay): finite and >= 0, so nan/inf are refused."""
+    return _checked(text, float, lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
 
 
 def seed_int(text: str) -> int:
@@ -80,6 +91,8 @@ def pick_device(name: str) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if name != "cpu" and name != "mps" and not name.startswith("cuda"):  # torch also knows meta, xla, ...: not ours
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} requested but CUDA is not available")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -95,8 +108,8 @@ def writable_dir(path: str) -> Path:
     folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create folder {folder}: {e.strerror}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise UsageError(f"cannot create folder {folder}: {getattr(e, 'strerror', None) or e}") from None
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise UsageError(f"folder {folder} is not writable")
     return folder
@@ -113,10 +126,11 @@ def run_cli(main) -> None:
     try:
         main()
     except (UsageError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except FloatingPointError as e:  # training diverged: say where, keep whatever was saved before
-        print(f"error: training diverged ({e}); lower --lr; no checkpoint was written for this stage", file=sys.stderr)
+        print(f"error: training diverged ({e}); stopped before the bad update, the last good checkpoint on disk "
+              "(if any) is kept; try a lower --lr", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted: nothing was written for the unfinished stage", file=sys.stderr)

@@ -32,6 +32,7 @@ from nanocot.sampling import generate
 from nanocot.task import COT, ModularAddition, Problem, prompt, reward
 from nanocot.tokenizer import Tokenizer
 from nanocot.trace import split_answer
+from nanocot.train import stop_requests
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class RLConfig:
     grad_clip: float = 1.0
     temperature: float = 1.0
     top_k: int = 0  # 0 = no top-k filtering
-    baseline: str = "loo"  # "loo" (leave-one-out) or "mean" (group mean)
+    baseline: str = "loo"  # "loo" (leave-one-out), "mean" (group mean) or "none" (advantage = reward)
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     curriculum: str = "mixed"  # "mixed": k uniform in [min_operands, k] per step; "target": always k; "ramp": easy -> hard
@@ -59,13 +60,19 @@ class RLConfig:
 
 
 def advantages(rewards: torch.Tensor, baseline: str) -> torch.Tensor:
-    """rewards (P, G) -> advantages (P, G). Leave-one-out: r_i - mean_{j != i} r_j."""
+    """rewards (P, G) -> advantages (P, G). Leave-one-out: r_i - mean_{j != i} r_j.
+
+    "none" is REINFORCE without a baseline: with 0/1 rewards a right trace is reinforced and a wrong one
+    is simply ignored (never pushed down), i.e. supervised learning on the model's own right traces.
+    Higher variance in theory, but it cannot drive the policy away from what already works."""
     G = rewards.shape[1]
+    if baseline == "none":
+        return rewards.clone()
     if baseline == "mean":
         return rewards - rewards.mean(1, keepdim=True)
     if baseline == "loo":
         return rewards - (rewards.sum(1, keepdim=True) - rewards) / (G - 1)
-    raise ValueError(f"unknown baseline {baseline!r}: use 'loo' or 'mean'")
+    raise ValueError(f"unknown baseline {baseline!r}: use 'loo', 'mean' or 'none'")
 
 
 def sequence_logprobs(model: GPT, contexts: list[list[int]], generated: list[list[int]], pad_id: int):
@@ -171,7 +178,8 @@ class Reinforce:
         t1 = time.perf_counter()
 
         adv = advantages(rewards, cfg.baseline)  # (P, G)
-        informative = (rewards.max(1).values != rewards.min(1).values)  # (P,)
+        # groups whose advantages are all zero carry no signal: skip them (and their tokens in the normaliser)
+        informative = (adv != 0).any(1)  # (P,)
         G = cfg.samples_per_prompt
         logp, entropy, mask = sequence_logprobs(self.model, contexts, generated, self.tok.pad_id)
         owner_t = torch.tensor(owner)
@@ -201,9 +209,13 @@ class Reinforce:
             loss = loss - cfg.entropy_coef * entropy.sum() / mask.sum()
         if cfg.kl_coef > 0 and kl_tokens is not None:
             loss = loss + cfg.kl_coef * kl_tokens.sum() / mask.sum()
+        if not torch.isfinite(loss):  # stop before the bad update; the last saved checkpoint stays good
+            raise FloatingPointError(f"non-finite loss at RL step {self.step_index}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"non-finite gradient at RL step {self.step_index}")
         self.optimizer.step()
         self.step_index += 1
         stats.update(loss=loss.item(), skipped=0.0, seconds_sampling=t1 - t0, seconds_learning=time.perf_counter() - t1)
@@ -244,23 +256,23 @@ def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT
     moving = record["steps"][-1]["reward_avg"] if record["steps"] else None
     bar = tqdm(range(trainer.step_index, config.steps), desc="rl", dynamic_ncols=True,
                initial=trainer.step_index, total=config.steps)
-    for step in bar:
-        if config.eval_every > 0 and step % config.eval_every == 0:
-            record["eval"].append({"step": step, **evaluate_cot(model, task, config)})
-        try:
+    with stop_requests() as stop:  # Ctrl-C/SIGTERM stop between steps, never inside an optimizer update
+        for step in bar:
+            if stop.is_set():  # keep every finished step: save a resumable state, then stop
+                if save is not None and record["steps"]:
+                    save(record, trainer.state_dict())
+                raise KeyboardInterrupt
+            if config.eval_every > 0 and step % config.eval_every == 0:
+                record["eval"].append({"step": step, **evaluate_cot(model, task, config)})
             stats = trainer.step()
-        except KeyboardInterrupt:  # keep every finished step: save a resumable state, then stop
-            if save is not None and record["steps"]:
+            moving = stats["reward"] if moving is None else 0.95 * moving + 0.05 * stats["reward"]
+            record["steps"].append({"step": step, "reward_avg": moving, **stats})
+            bar.set_postfix({"reward": f"{moving:.2f}", "len": f"{stats['trace_length']:.0f}",
+                             **({"acc": f"{record['eval'][-1]['test_accuracy']:.2f}"} if record["eval"] else {})},
+                            refresh=False)
+            record["seconds"] = elapsed_before + time.perf_counter() - start
+            if save is not None and save_every > 0 and (step + 1) % save_every == 0 and step + 1 < config.steps:
                 save(record, trainer.state_dict())
-            raise
-        moving = stats["reward"] if moving is None else 0.95 * moving + 0.05 * stats["reward"]
-        record["steps"].append({"step": step, "reward_avg": moving, **stats})
-        bar.set_postfix({"reward": f"{moving:.2f}", "len": f"{stats['trace_length']:.0f}",
-                         **({"acc": f"{record['eval'][-1]['test_accuracy']:.2f}"} if record["eval"] else {})},
-                        refresh=False)
-        record["seconds"] = elapsed_before + time.perf_counter() - start
-        if save is not None and save_every > 0 and (step + 1) % save_every == 0 and step + 1 < config.steps:
-            save(record, trainer.state_dict())
     record["eval"].append({"step": config.steps, **evaluate_cot(model, task, config)})
     record["seconds"] = elapsed_before + time.perf_counter() - start
     record["seconds_sampling"] = sum(s["seconds_sampling"] for s in record["steps"])

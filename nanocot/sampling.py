@@ -62,6 +62,15 @@ def generate(
     return Samples(tokens, logprobs, mask)
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of probs (N, V) by inverting the CDF: the first token whose cumulative mass exceeds
+    a uniform draw. Same distribution as torch.multinomial(probs, 1), ~10x faster on CPU at the RL batch
+    (bench/run.py); `right=True` means a zero-probability token (top-k) can never be drawn, even at u = 0."""
+    cdf = probs.cumsum(-1)  # (N, V)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, generator=generator) * cdf[:, -1:]  # (N, 1)
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[1] - 1).squeeze(1)  # (N,)
+
+
 def _generate_group(model, prompt, budget, stop_id, pad_id, temperature, top_k, greedy, generator, use_cache):
     B = prompt.shape[0]
     device = prompt.device
@@ -80,7 +89,7 @@ def _generate_group(model, prompt, budget, stop_id, pad_id, temperature, top_k, 
             if top_k is not None and top_k < scaled.shape[-1]:
                 kth = scaled.topk(top_k, dim=-1).values[:, -1:]
                 scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-            next_id = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(1)
+            next_id = sample_categorical(scaled.softmax(-1), generator)
         out[:, step] = torch.where(alive, next_id, pad_id)
         out_lp[:, step] = torch.where(alive, logp.gather(1, next_id[:, None]).squeeze(1), 0.0)
         out_mask[:, step] = alive.float()

@@ -1,9 +1,13 @@
 """The supervised stages as library functions: pretraining, direct-answer SFT, CoT warm-up.
 
-Each returns a checkpoint payload (see checkpoint.py); train_sft.py is a thin CLI around them. A later
-stage starts from the pretrained payload and inherits its task and corpus configs, so every stage of a
-model agrees on one train/test split.
+- Each returns a checkpoint payload (see checkpoint.py); train_sft.py is a thin CLI around them. A later
+  stage starts from the pretrained payload and inherits its task and corpus configs, so every stage of a
+  model agrees on one train/test split.
+- `save(payload)` receives a resumable payload (the finished one's keys plus `train_state`) every
+  `save_every` steps and on Ctrl-C; passing that payload back as `resume=` continues the run exactly.
 """
+
+import copy
 
 import numpy as np
 import torch
@@ -25,7 +29,8 @@ def build_model(payload: dict, device) -> GPT:
     return model.to(device)
 
 
-def _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, history) -> dict:
+def _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, history, num_examples=0) -> dict:
+    """The checkpoint of a stage; `history` lists the stages before it (this one is appended)."""
     return {
         "size": size,
         "stage": stage,
@@ -36,38 +41,55 @@ def _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, h
         "vocab": list(tok.vocab),
         "params": model.num_params(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "step": train_cfg.steps,
+        "step": len(record["step"]),
+        "num_examples": num_examples,
         "seconds": record["seconds"],
         "flops": record["flops"],
         "record": record,
-        "history": history + [{"stage": stage, "steps": train_cfg.steps, "seconds": record["seconds"], "flops": record["flops"]}],
+        "history": history + [{"stage": stage, "steps": len(record["step"]), "seconds": record["seconds"], "flops": record["flops"]}],
     }
 
 
-def pretrain(size: str, train_cfg: TrainConfig, task_cfg: TaskConfig, corpus_cfg: CorpusConfig, device) -> dict:
+def _saver(save, make_payload):
+    """Adapt train()'s `save(record, state)` to a payload-level `save(payload)`; None stays None. The
+    payload is a deep copy: training goes on mutating the live weights, optimizer state and record."""
+    if save is None:
+        return None
+    return lambda record, state: save(copy.deepcopy({**make_payload(record), "train_state": state}))
+
+
+def pretrain(size: str, train_cfg: TrainConfig, task_cfg: TaskConfig, corpus_cfg: CorpusConfig, device,
+             resume: dict | None = None, save=None, save_every: int = 0) -> dict:
     tok = Tokenizer(task_cfg.number_format)
     torch.manual_seed(train_cfg.seed)
     model = GPT(model_config(size, len(tok))).to(device)
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
     windows = CorpusWindows(tok, corpus_text(corpus_cfg, task_cfg), model.config.block_size)
     rng = np.random.default_rng(train_cfg.seed)
-    record = train(model, train_cfg, lambda step: windows.batch(rng, train_cfg.batch_size, device), desc=f"{size} pretrain")
+    make = lambda record: _payload(model, size, "pretrain", train_cfg, task_cfg, corpus_cfg, tok, record, [])
+    record = train(model, train_cfg, lambda step: windows.batch(rng, train_cfg.batch_size, device), desc=f"{size} pretrain",
+                   rng=rng, resume=resume["train_state"] if resume else None, save=_saver(save, make), save_every=save_every)
     record["corpus_tokens"] = len(windows.tokens)
-    return _payload(model, size, "pretrain", train_cfg, task_cfg, corpus_cfg, tok, record, [])
+    return make(record)
 
 
-def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_examples: int = 0) -> dict:
+def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_examples: int = 0,
+             resume: dict | None = None, save=None, save_every: int = 0) -> dict:
     """Direct-answer SFT (`direct`) or CoT warm-up on reference traces (`warmup`) from a pretrained payload.
 
     num_examples > 0 draws a fixed pool of that many training problems (a small warm-up set); 0 draws
-    fresh problems every step.
+    fresh problems every step. To resume, pass the saved resumable payload as `resume` (it carries the
+    pretrained payload's configs and history too, so `pretrained` may be the same payload).
     """
     task_cfg = from_dict(TaskConfig, pretrained["task_config"])
     tok = Tokenizer(task_cfg.number_format)
     task = ModularAddition(task_cfg)
     mode = DIRECT if stage == "direct" else COT
-    model = build_model(pretrained, device)
+    model = build_model(resume or pretrained, device)
+    history = resume["history"][:-1] if resume is not None else pretrained["history"]  # the stages before this one
     rng = np.random.default_rng(train_cfg.seed)
-    pool = task.sample_train(rng, num_examples) if num_examples > 0 else None
+    pool = task.sample_train(rng, num_examples) if num_examples > 0 else None  # drawn again on resume: same pool
 
     def next_batch(step: int):
         if pool is not None:
@@ -83,7 +105,10 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
             return {"test_accuracy": direct_accuracy(m, tok, test), "train_accuracy": direct_accuracy(m, tok, train_sample)}
         return {"test_accuracy": cot_accuracy(m, tok, test[:300]), "train_accuracy": cot_accuracy(m, tok, train_sample[:300])}
 
-    record = train(model, train_cfg, next_batch, evaluate, desc=f"{pretrained['size']} {stage}")
-    record["num_examples"] = num_examples
     corpus_cfg = from_dict(CorpusConfig, pretrained["corpus_config"])
-    return _payload(model, pretrained["size"], stage, train_cfg, task_cfg, corpus_cfg, tok, record, pretrained["history"])
+    make = lambda record: _payload(model, pretrained["size"], stage, train_cfg, task_cfg, corpus_cfg, tok, record, history,
+                                   num_examples)
+    record = train(model, train_cfg, next_batch, evaluate, desc=f"{pretrained['size']} {stage}", rng=rng,
+                   resume=resume["train_state"] if resume else None, save=_saver(save, make), save_every=save_every)
+    record["num_examples"] = num_examples
+    return make(record)

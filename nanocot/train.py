@@ -1,14 +1,26 @@
 """The one training loop for every next-token stage (pretraining, direct SFT, CoT warm-up).
 
-Flat and in a fixed order, as nanoGPT's: eval, forward/backward, clip, step, log. The caller supplies
-`next_batch(step)` and an optional `evaluate(model) -> dict`, so this file knows nothing about corpora or
-tasks. It returns the stage's record: curves, tokens, seconds and training FLOPs.
+- Flat and in a fixed order, as nanoGPT's: stop?, eval, forward/backward, clip, step, log, checkpoint.
+- The caller supplies `next_batch(step)` (drawing from `rng`) and an optional `evaluate(model) -> dict`, so
+  this file knows nothing about corpora or tasks. It returns the stage's record: curves, tokens, seconds
+  and training FLOPs.
+- Exact resume: `state_dict`-style trainer state (optimizer, step, numpy and torch random streams; the
+  numpy stream *is* the data position) is handed to `save(record, state)` every `save_every` steps and
+  when the run is interrupted; `resume=` continues from it bit for bit (tests/test_reliability.py).
+- Ctrl-C / SIGTERM never cut a step in half: the signal only raises a flag, and the loop stops at the next
+  step boundary, saves, and raises KeyboardInterrupt. A second Ctrl-C stops at once.
+- A non-finite loss or gradient norm raises FloatingPointError naming the step *before* the optimizer
+  touches the weights, so the last periodic checkpoint on disk is the last good state.
 """
 
 import math
+import signal
+import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -45,45 +57,97 @@ def masked_loss(model: GPT, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return (per_token * mask).sum() / n, accuracy
 
 
+@contextmanager
+def stop_requests() -> Iterator[threading.Event]:
+    """While active, SIGINT/SIGTERM set the yielded flag instead of raising inside a half-done step; a
+    second signal raises KeyboardInterrupt at once. Outside the main thread signals cannot be caught, so
+    the flag simply never fires."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def train(
     model: GPT,
     config: TrainConfig,
     next_batch: Callable[[int], Batch],
     evaluate: Callable[[GPT], dict] | None = None,
     desc: str = "train",
+    rng: np.random.Generator | None = None,
+    resume: dict | None = None,
+    save: Callable[[dict, dict], None] | None = None,
+    save_every: int = 0,
 ) -> dict:
+    """Train up to config.steps. `rng` is the generator `next_batch` draws from (its state is the data
+    position); `resume` is a trainer state from an earlier `save(record, state)` (the model's weights must
+    already be loaded); `save` is called every `save_every` steps (0 = never) and on interrupt."""
     torch.manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
-    record = {"step": [], "loss": [], "token_accuracy": [], "eval": [], "tokens": 0, "flops": 0.0}
-    start = time.perf_counter()
-    bar = tqdm(range(config.steps), desc=desc, dynamic_ncols=True)
-    for step in bar:
-        if evaluate is not None and config.eval_every > 0 and step % config.eval_every == 0:
-            record["eval"].append({"step": step, **_run_eval(model, evaluate)})
-        batch = next_batch(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
-        loss, accuracy = masked_loss(model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+    record = {"step": [], "loss": [], "token_accuracy": [], "eval": [], "tokens": 0, "flops": 0.0, "seconds": 0.0}
+    first = 0
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["torch_rng"])
+        if rng is not None:
+            rng.bit_generator.state = resume["numpy_rng"]
+        record, first = resume["record"], resume["step"]
 
-        B, T = batch[0].shape
-        record["tokens"] += B * T
-        record["flops"] += B * T * model.flops_per_token(T)
-        record["step"].append(step)
-        record["loss"].append(loss.item())
-        record["token_accuracy"].append(accuracy.item())
-        shown = {"loss": f"{loss.item():.3f}", "acc": f"{accuracy.item():.2f}"}
-        if record["eval"]:
-            shown.update({k: f"{v:.2f}" for k, v in record["eval"][-1].items() if k != "step"})
-        bar.set_postfix(shown, refresh=False)
+    def state(step: int) -> dict:  # everything to continue exactly from the start of `step`
+        return {"step": step, "record": record, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "numpy_rng": rng.bit_generator.state if rng is not None else None}
+
+    start, elapsed_before = time.perf_counter(), record["seconds"]
+    bar = tqdm(range(first, config.steps), desc=desc, dynamic_ncols=True, initial=first, total=config.steps)
+    with stop_requests() as stop:
+        for step in bar:
+            if stop.is_set():  # between steps: the saved state is exactly "steps 0..step-1 done"
+                if save is not None and step > 0:  # nothing done yet: keep whatever file is there
+                    save(record, state(step))
+                raise KeyboardInterrupt(f"interrupted at step {step}")
+            if evaluate is not None and config.eval_every > 0 and step % config.eval_every == 0:
+                record["eval"].append({"step": step, **_run_eval(model, evaluate)})
+            batch = next_batch(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            loss, accuracy = masked_loss(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if not torch.isfinite(grad_norm):  # clipping cannot repair inf/nan; stop before the weights see it
+                raise FloatingPointError(f"non-finite gradient at step {step}")
+            optimizer.step()
+
+            B, T = batch[0].shape
+            record["tokens"] += B * T
+            record["flops"] += B * T * model.flops_per_token(T)
+            record["step"].append(step)
+            record["loss"].append(loss.item())
+            record["token_accuracy"].append(accuracy.item())
+            record["seconds"] = elapsed_before + time.perf_counter() - start
+            shown = {"loss": f"{record['loss'][-1]:.3f}", "acc": f"{record['token_accuracy'][-1]:.2f}"}
+            if record["eval"]:
+                shown.update({k: f"{v:.2f}" for k, v in record["eval"][-1].items() if k != "step"})
+            bar.set_postfix(shown, refresh=False)
+            if save is not None and save_every > 0 and (step + 1) % save_every == 0 and step + 1 < config.steps:
+                save(record, state(step + 1))
     if evaluate is not None:
         record["eval"].append({"step": config.steps, **_run_eval(model, evaluate)})
-    record["seconds"] = time.perf_counter() - start
+    record["seconds"] = elapsed_before + time.perf_counter() - start
     return record
 
 

@@ -58,6 +58,13 @@ def test_all_equal_group_has_zero_advantage(baseline):
     assert adv[2].abs().sum() > 0
 
 
+def test_no_baseline_reinforces_right_traces_only():
+    """'none': the advantage is the reward, so wrong traces get zero weight (never pushed down) and a group
+    that is all right is still reinforced."""
+    rewards = torch.tensor([[1.0, 0, 0], [1.0, 1, 1], [0.0, 0, 0]])
+    assert torch.equal(advantages(rewards, "none"), rewards)
+
+
 def test_unknown_baseline_raises():
     with pytest.raises(ValueError, match="baseline"):
         advantages(torch.ones(2, 3), "median")
@@ -164,6 +171,17 @@ def test_swapped_rewards_reverse_the_update(task):
     _trainer(model, task, [[(RIGHT, 0.0), (WRONG, 1.0)]], lr=3e-3).step()
     after = _total_logp(model, RIGHT), _total_logp(model, WRONG)
     assert after[0] < before[0] - 0.3 and after[1] > before[1] + 0.3, (before, after)
+
+
+def test_no_baseline_step_raises_right_and_leaves_wrong_alone_without_signal(task):
+    """baseline 'none': a group of only wrong traces is skipped; a right trace is made likelier."""
+    model = tiny_model()
+    trainer = _trainer(model, task, [[(WRONG, 0.0), (WRONG, 0.0)]], lr=3e-3, baseline="none")
+    assert trainer.step()["skipped"] == 1.0
+    before = _total_logp(model, RIGHT)
+    trainer._sample = _fixed_sample([[(RIGHT, 1.0), (WRONG, 0.0)]])
+    assert trainer.step()["skipped"] == 0.0
+    assert _total_logp(model, RIGHT) > before + 0.3
 
 
 def test_all_equal_rewards_skip_the_step(task):

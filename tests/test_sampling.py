@@ -105,3 +105,18 @@ def test_overlong_prompt_raises_value_error(model):
     bs = model.config.block_size
     with pytest.raises(ValueError):
         generate(model, [[2] * (bs + 5)], 10, stop_id=STOP, pad_id=PAD)
+
+
+def test_sample_categorical_matches_the_distribution_and_never_draws_zero_mass():
+    """The inverse-CDF sampler (which replaced torch.multinomial for speed) draws each token at its
+    probability, and never a token of probability 0 (what top-k masks), even when the uniform draw is 0."""
+    from nanocot.sampling import sample_categorical
+
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.8]]).repeat(100_000, 1)
+    draws = sample_categorical(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[0] == 0 and freq[2] == 0
+    assert abs(freq[1].item() - 0.2) < 0.01 and abs(freq[3].item() - 0.8) < 0.01
+    zero_u = torch.Generator()
+    zero_u.manual_seed(0)
+    assert sample_categorical(torch.tensor([[0.0, 0.0, 1.0]]), zero_u).item() == 2

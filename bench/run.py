@@ -1,0 +1,233 @@
+"""nanocot's benchmark: how close training and sampling come to this machine's limits, and to transformers.
+
+    python bench/run.py                       # every measurement, table on stdout, bench.json in cwd
+    python bench/run.py --threads 2 --out bench/bench.json --ckpt-dir out
+
+- The ceiling is fp32 `torch.matmul` of large square matrices at the same thread count: a model cannot do
+  its FLOPs faster than that, so `train.<preset>.fraction_of_ceiling` says how much time goes elsewhere
+  (per-op overhead, memory traffic, the optimizer).
+- Training FLOPs are 6 * params * tokens plus attention (GPT.flops_per_token); one step is exactly the
+  training loop's: masked loss, backward, clip, AdamW.
+- Sampling runs at the RL batch (prompts_per_step * samples_per_prompt) and length (max_new_tokens, capped by
+  the context), never stopping early, with the KV cache and with prefix recomputation.
+- transformers' GPT2LMHeadModel with the same layers, heads, width, MLP width, vocabulary and context is
+  the outside yardstick (an optional bench-only dependency: `pip install -e .[bench]`); without it the
+  ratios are null and the reason is recorded.
+- Every time is the median of --repeats runs after a warm-up run.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nanocot import checkpoint  # noqa: E402
+from nanocot.config import MODEL_PRESETS, SIZES, STAGE_DEFAULTS, TaskConfig, model_config  # noqa: E402
+from nanocot.model import GPT  # noqa: E402
+from nanocot.rl import RLConfig  # noqa: E402
+from nanocot.sampling import generate  # noqa: E402
+from nanocot.task import COT, ModularAddition, prompt  # noqa: E402
+from nanocot.tokenizer import Tokenizer  # noqa: E402
+from nanocot.train import make_optimizer, masked_loss  # noqa: E402
+
+NEVER = -1  # a stop id no token has: every row samples its whole budget
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of fn() over `repeats` runs, after one warm-up run (allocator, caches, lazy init)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(n: int, repeats: int) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def train_batch(config, batch_size: int, generator: torch.Generator):
+    x = torch.randint(1, config.vocab_size, (batch_size, config.block_size), generator=generator)
+    y = torch.randint(1, config.vocab_size, (batch_size, config.block_size), generator=generator)
+    return x, y, torch.ones(batch_size, config.block_size)
+
+
+def nanocot_train_step(model: GPT, batch, steps: int):
+    """`steps` steps of exactly the training loop's work (nanocot/train.py)."""
+    optimizer = make_optimizer(model, STAGE_DEFAULTS["pretrain"])
+
+    def run():
+        for _ in range(steps):
+            loss, _ = masked_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+    return run
+
+
+def rl_prompts(tok: Tokenizer, n: int) -> list[list[int]]:
+    """n real CoT prompts of one length (k = the task's operand count), as RL samples them."""
+    task = ModularAddition(TaskConfig())
+    problems = task.sample_train(np.random.default_rng(0), 4 * n, k=task.config.num_operands)
+    prompts = [tok.encode(prompt(p, COT)) for p in problems]
+    length = max(set(map(len, prompts)), key=[len(p) for p in prompts].count)
+    return [p for p in prompts if len(p) == length][:n]
+
+
+def bench_sampling(model: GPT, prompts: list[list[int]], budget: int, repeats: int) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    tokens = len(prompts) * min(budget, model.config.block_size - len(prompts[0]))
+    out = {}
+    for name, use_cache in (("kv", True), ("recompute", False)):
+        seconds = median_seconds(lambda c=use_cache: generate(model, prompts, budget, NEVER, generator=generator, use_cache=c),
+                                 repeats)
+        out[f"{name}_tokens_per_s"] = tokens / seconds
+        out[f"{name}_seconds"] = seconds
+    out["speedup"] = out["kv_tokens_per_s"] / out["recompute_tokens_per_s"]
+    out.update(batch=len(prompts), new_tokens=tokens // len(prompts), prompt_tokens=len(prompts[0]))
+    return out
+
+
+def bench_transformers(config, batch, prompts: list[list[int]], budget: int, steps: int, repeats: int,
+                       train_s: float, kv_s: float) -> dict:
+    """The same step and generation by transformers' GPT-2 at our config; ratios are nanocot / transformers."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.d_model,
+                           n_layer=config.n_layer, n_head=config.n_head, n_inner=config.d_mlp, resid_pdrop=0.0,
+                           embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(hf_config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    x, y, _ = batch
+
+    def train_run():
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+    hf_train = median_seconds(train_run, repeats)
+    model.eval()
+    ids = torch.tensor(prompts)
+    new = min(budget, config.block_size - ids.shape[1])
+
+    @torch.no_grad()
+    def generate_run():
+        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=new,
+                       min_new_tokens=new, pad_token_id=0, use_cache=True)
+
+    hf_generate = median_seconds(generate_run, repeats)
+    return {"train_step_ratio": train_s / hf_train, "generate_ratio": kv_s / hf_generate,
+            "transformers_train_seconds": hf_train, "transformers_generate_seconds": hf_generate}
+
+
+def stage_seconds(folder: Path) -> dict:
+    """Wall time of each finished stage of the default pipeline, from the checkpoints' training records."""
+    out = {}
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            payload = checkpoint.load(path, finished=True)
+        except checkpoint.CheckpointError as e:
+            out[path.stem] = {"error": str(e)}
+            continue
+        last = payload["history"][-1]
+        out[path.stem] = {"seconds": last["seconds"], "steps": last["steps"], "flops": last["flops"]}
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="bench.json", help="where to write the JSON (default: bench.json in cwd)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is kept (default: 3)")
+    p.add_argument("--presets", default="small,large", help="comma-separated model presets (default: small,large)")
+    p.add_argument("--ckpt-dir", help="read per-stage wall times from the checkpoints in this folder")
+    p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--quick", action="store_true", help="small sizes and one repeat: a smoke test, not a measurement")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 1 if args.quick else args.repeats
+    presets = [s for s in args.presets.split(",") if s]
+    unknown = [s for s in presets if s not in MODEL_PRESETS]
+    if unknown:
+        sys.exit(f"error: unknown preset(s) {unknown}: choose from {', '.join(SIZES)}")
+    rl = RLConfig()
+    batch_n, budget, steps = (8, 8, 2) if args.quick else (rl.prompts_per_step * rl.samples_per_prompt, rl.max_new_tokens, 10)
+    tok = Tokenizer()
+    prompts = rl_prompts(tok, batch_n)
+    result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": args.quick,
+              "repeats": repeats, "matmul_gflops": matmul_gflops(256 if args.quick else 2048, repeats),
+              "train": {}, "sampling": {}, "vs_transformers": {}, "stages": None}
+    try:
+        import transformers
+
+        result["transformers"] = transformers.__version__
+        skip = "skipped (--no-transformers)" if args.no_transformers else None
+    except ImportError:
+        skip = "transformers is not installed (pip install -e .[bench])"
+    for size in presets:
+        config = model_config(size, len(tok))
+        torch.manual_seed(0)
+        model = GPT(config)
+        batch_size = 4 if args.quick else STAGE_DEFAULTS["pretrain"].batch_size
+        batch = train_batch(config, batch_size, torch.Generator().manual_seed(0))
+        train_s = median_seconds(nanocot_train_step(model, batch, steps), repeats)
+        tokens_per_s = steps * batch_size * config.block_size / train_s
+        gflops = tokens_per_s * model.flops_per_token(config.block_size) / 1e9
+        result["train"][size] = {"params": model.num_params(), "batch": batch_size, "seq_len": config.block_size,
+                                 "tokens_per_s": tokens_per_s, "gflops": gflops,
+                                 "fraction_of_ceiling": gflops / result["matmul_gflops"], "step_seconds": train_s / steps}
+        model.eval()
+        result["sampling"][size] = bench_sampling(model, prompts, budget, repeats)
+        if skip:
+            result["vs_transformers"][size] = {"train_step_ratio": None, "generate_ratio": None, "note": skip}
+        else:
+            result["vs_transformers"][size] = bench_transformers(config, batch, prompts, budget, steps, repeats, train_s,
+                                                                 result["sampling"][size]["kv_seconds"])
+    if args.ckpt_dir:
+        result["stages"] = stage_seconds(Path(args.ckpt_dir))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    print(f"wrote {args.out}")
+    return result
+
+
+def print_table(r: dict) -> None:
+    print(f"fp32 matmul ceiling: {r['matmul_gflops']:.1f} GFLOP/s ({r['threads']} threads, torch {r['torch']})")
+    print(f"{'preset':8} {'params':>8} {'train tok/s':>12} {'GFLOP/s':>8} {'of ceil':>8} {'kv tok/s':>10} "
+          f"{'recomp tok/s':>12} {'kv x':>6} {'train/HF':>9} {'gen/HF':>7}")
+    for size, t in r["train"].items():
+        s, h = r["sampling"][size], r["vs_transformers"][size]
+        ratio = lambda v: f"{v:.2f}" if v is not None else "n/a"
+        print(f"{size:8} {t['params']:>8,} {t['tokens_per_s']:>12,.0f} {t['gflops']:>8.2f} {t['fraction_of_ceiling']:>8.1%} "
+              f"{s['kv_tokens_per_s']:>10,.0f} {s['recompute_tokens_per_s']:>12,.0f} {s['speedup']:>6.1f} "
+              f"{ratio(h['train_step_ratio']):>9} {ratio(h['generate_ratio']):>7}")
+    if r["stages"]:
+        for name, stage in r["stages"].items():
+            print(f"  stage {name}: " + (f"{stage['seconds']:.1f} s, {stage['steps']} steps" if "seconds" in stage else stage["error"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""bench/run.py in --quick mode: runs in-process in seconds and writes every key issue 6 asks for."""
+
+import importlib.util
+import json
+
+from conftest import ROOT
+
+
+def test_quick_bench_writes_the_keys(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--threads", "1", "--no-transformers", "--out", str(out), "--ckpt-dir", str(tmp_path)])
+    r = json.loads(out.read_text())
+    assert r["matmul_gflops"] > 0
+    for preset in ("small", "large"):
+        assert {"tokens_per_s", "gflops", "fraction_of_ceiling"} <= r["train"][preset].keys()
+        assert {"kv_tokens_per_s", "recompute_tokens_per_s", "speedup"} <= r["sampling"][preset].keys()
+        assert r["vs_transformers"][preset]["train_step_ratio"] is None  # skipped, and says so
+        assert "skipped" in r["vs_transformers"][preset]["note"]
+    assert r["stages"] == {}
+    assert "matmul ceiling" in capsys.readouterr().out
