@@ -134,11 +134,16 @@ class ModularAddition:
         rng = np.random.default_rng([self.config.split_seed, 7])
         seen, problems = set(), []
         while len(problems) < size:
-            m = int(rng.choice(self.train_moduli))
-            problem = Problem(tuple(int(x) for x in rng.integers(0, m, size=self.config.num_operands)), m)
-            if self.is_test(problem) and problem not in seen:
-                seen.add(problem)
-                problems.append(problem)
+            # candidates in vectorised chunks (only ~test_fraction of them are test problems)
+            moduli = rng.choice(self.train_moduli, size=4096)
+            operands = (rng.random((4096, self.config.num_operands)) * moduli[:, None]).astype(np.int64)
+            for ops, m in zip(operands.tolist(), moduli.tolist()):
+                problem = Problem(tuple(ops), m)
+                if self.is_test(problem) and problem not in seen:
+                    seen.add(problem)
+                    problems.append(problem)
+                    if len(problems) == size:
+                        break
         return problems
 
     def train_sample(self, size: int) -> list[Problem]:
