@@ -43,6 +43,8 @@ def parse_args(argv=None):
                    help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: mixed)")
     p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
                    help="probability that a sampled trace is paraphrased before its answer is sampled (default: 0)")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help=f"linear learning-rate warm-up over this many steps; 0 = none (default: {d.warmup_steps})")
     p.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay, help=f"AdamW weight decay (default: {d.weight_decay})")
     p.add_argument("--grad-clip", type=positive_float, default=d.grad_clip, help=f"gradient-norm clip (default: {d.grad_clip})")
     p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens,
@@ -66,13 +68,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.samples < 2:
         raise UsageError(f"--samples must be >= 2 for a baseline, got {args.samples}")
-    if args.top_k < 0:
-        raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.top_k < 0 or args.warmup_steps < 0:
+        raise UsageError(f"--top-k and --warmup-steps must be >= 0, got {args.top_k} and {args.warmup_steps}")
     config = RLConfig(steps=args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
                       temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
                       entropy_coef=args.entropy, curriculum=args.curriculum, paraphrase_prob=args.paraphrase_prob,
                       eval_every=args.eval_every, seed=args.seed, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                      max_new_tokens=args.max_new_tokens, paraphraser=args.paraphraser, eval_problems=args.eval_problems,
+                      max_new_tokens=args.max_new_tokens, warmup_steps=args.warmup_steps,
+                      paraphraser=args.paraphraser, eval_problems=args.eval_problems,
                       pass_k=args.pass_k, pass_problems=args.pass_problems)
     device, folder = setup_run(args)
     out_path = folder / f"{args.size}-cot.pt"

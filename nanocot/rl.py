@@ -43,6 +43,7 @@ class RLConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    warmup_steps: int = 0  # linear lr warm-up: Adam's first steps are full-size whatever the gradient's noise
     temperature: float = 1.0
     top_k: int = 0  # 0 = no top-k filtering
     baseline: str = "loo"  # "loo" (leave-one-out), "mean" (group mean) or "none" (advantage = reward)
@@ -216,6 +217,8 @@ class Reinforce:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         if not torch.isfinite(norm):
             raise FloatingPointError(f"non-finite gradient at RL step {self.step_index}")
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (self.step_index + 1) / max(1, cfg.warmup_steps))
         self.optimizer.step()
         self.step_index += 1
         stats.update(loss=loss.item(), skipped=0.0, seconds_sampling=t1 - t0, seconds_learning=time.perf_counter() - t1)

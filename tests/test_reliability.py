@@ -413,6 +413,7 @@ RL_FLAGS = {
     "--paraphrase-prob": (["0.5"], _rejected_by(probability)),
     "--weight-decay": (["0"], _rejected_by(nonnegative_float)),
     "--grad-clip": (["1.0"], _rejected_by(positive_float)),
+    "--warmup-steps": (["0", "10"], st.one_of(_ints(-1, -5), _rejected_by(int))),
     "--max-new-tokens": (["20"], _rejected_by(positive_int)),
     "--eval-problems": (["10"], _rejected_by(positive_int)),
     "--pass-k": (["2"], _rejected_by(positive_int)),
