@@ -9,6 +9,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: str | Path) -> None:
+    """Every plot ends the same way: tight layout, a PNG at a readable resolution, the figure freed."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def smooth(values: list[float], window: int = 25) -> np.ndarray:
     values = np.asarray(values, dtype=float)
     if len(values) < window:
@@ -31,9 +38,7 @@ def plot_stage(record: dict, path: str | Path, title: str) -> None:
             ax.plot(steps, [e[key] for e in record["eval"]], marker=".", label=key.replace("_", " "))
         ax.set(xlabel="step", ylabel="exact-match accuracy", ylim=(0, 1.02), title=title)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_rl(record: dict, path: str | Path, title: str) -> None:
@@ -55,9 +60,7 @@ def plot_rl(record: dict, path: str | Path, title: str) -> None:
     lengths = smooth([s["trace_length"] for s in record["steps"]], 10)
     ax.plot(steps[len(steps) - len(lengths):], lengths)  # a moving average starts window-1 steps late
     ax.set(xlabel="RL step", ylabel="sampled completion length (tokens)", title="trace length")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_direct_comparison(records: dict[str, dict], path: str | Path) -> None:
@@ -74,9 +77,7 @@ def plot_direct_comparison(records: dict[str, dict], path: str | Path) -> None:
     ax.set(xlabel="direct SFT step", ylabel="exact-match accuracy (k = 4 operands)", ylim=(0, 1.02),
            title="direct-answer SFT: large vs small")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # ---- evaluation plots (evaluate.py): each takes the metrics dict it shows -----------------------------------
@@ -96,9 +97,7 @@ def plot_accuracy(metrics: dict, path: str | Path) -> None:
     ax.set_xticks(np.arange(len(splits)) + 0.4 - width / 2, splits)
     ax.set(ylabel="greedy exact-match accuracy", ylim=(0, 1.05), title="accuracy by split (95% Wilson intervals)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_mistakes(faithfulness: dict, path: str | Path) -> None:
@@ -116,9 +115,7 @@ def plot_mistakes(faithfulness: dict, path: str | Path) -> None:
         ax.set(xlabel="corrupted step", ylabel=label, ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
     fig.suptitle("adding mistakes: off-by-one result in one step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_early_answering(faithfulness: dict, path: str | Path) -> None:
@@ -135,9 +132,7 @@ def plot_early_answering(faithfulness: dict, path: str | Path) -> None:
     ax.set(xlabel="fraction of the trace kept (k / n steps)", ylabel="same answer as the full trace", ylim=(-0.02, 1.02),
            title="early answering")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_probes(black_box: dict, path: str | Path) -> None:
@@ -150,9 +145,7 @@ def plot_probes(black_box: dict, path: str | Path) -> None:
     ax.set(xlabel="layer (0 = embeddings)", ylabel="probe accuracy (held-out)", ylim=(-0.02, 1.02),
            title="linear probes at the answer position")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_attention(maps: list, labels: list[str], path: str | Path, title: str) -> None:
@@ -169,9 +162,7 @@ def plot_attention(maps: list, labels: list[str], path: str | Path, title: str) 
             ax.set_xticks(ticks, shown, fontsize=5, rotation=90)
             ax.set_yticks(ticks, shown, fontsize=5)
     fig.suptitle(f"attention: {title}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_compute(metrics: dict, path: str | Path) -> None:
@@ -184,6 +175,4 @@ def plot_compute(metrics: dict, path: str | Path) -> None:
     ax.set(xscale="log", xlabel="inference FLOPs per answer (forward, prompt + generated)", ylabel="test accuracy",
            ylim=(-0.02, 1.05), title="accuracy vs inference compute")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
