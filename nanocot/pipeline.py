@@ -113,7 +113,7 @@ def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small:
         timings["evaluate"] = time.perf_counter() - start
         print(f"--- evaluate took {timings['evaluate']:.0f} s", flush=True)
     else:
-        banner(f"evaluate: {metrics} is newer than every stage, skipped")
+        banner(f"evaluate: {metrics} exists and no stage ran, skipped (--force redoes it)")
     return timings
 
 
