@@ -122,6 +122,7 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
     if metrics["faithfulness"]:
         plots.plot_mistakes(metrics["faithfulness"], out / "mistakes.png")
         plots.plot_early_answering(metrics["faithfulness"], out / "early_answering.png")
+        plots.plot_paraphrase(metrics["faithfulness"], out / "paraphrase.png")
     if any("probes" in b for b in metrics["black_box"].values()):
         plots.plot_probes(metrics["black_box"], out / "probes.png")
     return metrics

@@ -151,7 +151,8 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
     e = f["early"]
     lines += ["", f"Early answering: AOC {e['aoc']:.3f} (final step's cut excluded: {e['aoc_excl_final']:.3f}); "
               f"toy ceiling AOC_max {e['aoc_max']:.3f} ({e['aoc_max_excl_final']:.3f}).", "",
-              "![mistakes](mistakes.png) ![early answering](early_answering.png)", "", "Paraphrase:", ""]
+              "![mistakes](mistakes.png) ![early answering](early_answering.png)", "", "Paraphrase:", "",
+              "![paraphrase](paraphrase.png)", ""]
     lines += _table(["paraphraser", "accuracy", "same answer as original", "share of steps paraphrased", "example"],
                     [[n, fmt(p["accuracy"]), fmt(p["same_answer"]), f"{p['steps_paraphrased']:.2f}", f"`{p['example']}`"]
                      for n, p in f["paraphrase"].items()])

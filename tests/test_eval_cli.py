@@ -51,7 +51,8 @@ def test_quick_run_writes_the_contract(ckpt_dir, tmp_path, capsys):
     assert all(0.0 <= metrics["monitor"]["tiny-cot"][k] <= 1.0 for k in ("step_validity", "consistency"))
     report = (out / "report.md").read_text()
     assert "## 2. Verdicts" in report and "(c) faithful (tiny-cot)" in report
-    for png in ("accuracy.png", "compute.png", "mistakes.png", "early_answering.png", "probes.png", "attention-tiny-direct.png"):
+    for png in ("accuracy.png", "compute.png", "mistakes.png", "early_answering.png", "paraphrase.png", "probes.png",
+                "attention-tiny-direct.png"):
         assert (out / png).stat().st_size > 1000
 
 
