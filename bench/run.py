@@ -179,13 +179,15 @@ def main(argv=None) -> dict:
     result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": args.quick,
               "repeats": repeats, "matmul_gflops": matmul_gflops(256 if args.quick else 2048, repeats),
               "train": {}, "sampling": {}, "vs_transformers": {}, "stages": None}
-    try:
-        import transformers
+    result["transformers"] = None  # its version when the comparison runs
+    skip = "skipped (--no-transformers)" if args.no_transformers else None
+    if skip is None:
+        try:
+            import transformers
 
-        result["transformers"] = transformers.__version__
-        skip = "skipped (--no-transformers)" if args.no_transformers else None
-    except ImportError:
-        skip = "transformers is not installed (pip install -e .[bench])"
+            result["transformers"] = transformers.__version__
+        except ImportError:
+            skip = "skipped: transformers is not installed (pip install -e .[bench])"
     for size in presets:
         config = model_config(size, len(tok))
         torch.manual_seed(0)
