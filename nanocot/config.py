@@ -28,7 +28,9 @@ class ModelConfig:
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(n_layer=1, n_head=2, d_model=32, d_mlp=64),
     "small": ModelConfig(n_layer=1, n_head=4, d_model=64, d_mlp=64),
-    "large": ModelConfig(n_layer=1, n_head=4, d_model=64, d_mlp=512),
+    # two layers: the depth contrast. 1 layer with MLP 512 learned the direct answer on 1 of 3 seeds; 2 layers
+    # on seeds 0 and 1 too (98.2%, 99.3%), where the one-layer small model stays at chance (docs/LOG.md)
+    "large": ModelConfig(n_layer=2, n_head=4, d_model=64, d_mlp=256),
 }
 
 
