@@ -8,11 +8,21 @@ Writes DIR/<size>-cot.pt (atomically, also every --save-every steps) and DIR/<si
 """
 
 import copy
-import sys
 from dataclasses import fields, replace
 
 from nanocot import checkpoint
-from nanocot.cli import Parser, UsageError, add_run_flags, nonnegative_float, positive_float, positive_int, probability, run_cli, setup_run
+from nanocot.cli import (
+    Parser,
+    UsageError,
+    add_run_flags,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
+    run_cli,
+    setup_run,
+)
 from nanocot.config import SIZES, TaskConfig, from_dict, to_dict
 from nanocot.paraphrase import PARAPHRASERS
 from nanocot.plots import plot_rl
@@ -34,7 +44,7 @@ def parse_args(argv=None):
                    help=f"sampled completions per problem, G >= 2 (default: {d.samples_per_prompt})")
     p.add_argument("--lr", type=positive_float, default=d.lr, help=f"AdamW learning rate (default: {d.lr})")
     p.add_argument("--temperature", type=positive_float, default=d.temperature, help=f"sampling temperature (default: {d.temperature})")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="sample only among the k likeliest tokens; 0 = all (default: 0)")
+    p.add_argument("--top-k", type=nonnegative_int, default=d.top_k, help="sample only among the k likeliest tokens; 0 = all (default: 0)")
     p.add_argument("--baseline", choices=["loo", "mean", "none"], default=d.baseline,
                    help="leave-one-out, group-mean, or none (reinforce right traces only) (default: %(default)s)")
     p.add_argument("--kl", type=nonnegative_float, default=d.kl_coef, help="KL penalty to the starting policy (default: 0 = off)")
@@ -43,7 +53,7 @@ def parse_args(argv=None):
                    help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: mixed)")
     p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
                    help="probability that a sampled trace is paraphrased before its answer is sampled (default: 0)")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps,
                    help=f"linear learning-rate warm-up over this many steps; 0 = none (default: {d.warmup_steps})")
     p.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay, help=f"AdamW weight decay (default: {d.weight_decay})")
     p.add_argument("--grad-clip", type=positive_float, default=d.grad_clip, help=f"gradient-norm clip (default: {d.grad_clip})")
@@ -68,8 +78,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.samples < 2:
         raise UsageError(f"--samples must be >= 2 for a baseline, got {args.samples}")
-    if args.top_k < 0 or args.warmup_steps < 0:
-        raise UsageError(f"--top-k and --warmup-steps must be >= 0, got {args.top_k} and {args.warmup_steps}")
     config = RLConfig(steps=args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
                       temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
                       entropy_coef=args.entropy, curriculum=args.curriculum, paraphrase_prob=args.paraphrase_prob,
@@ -127,14 +135,6 @@ def main(argv=None) -> None:
           f"(sampling {record['seconds_sampling']:.0f}s, learning {record['seconds_learning']:.0f}s)")
 
 
-def main_interruptible(argv=None) -> None:
-    try:
-        main(argv)
-    except KeyboardInterrupt:
-        print("interrupted: the finished RL steps were saved; continue with `python train_rl.py --resume` "
-              "(same --ckpt-dir and --size)", file=sys.stderr)
-        sys.exit(130)
-
-
 if __name__ == "__main__":
-    run_cli(main_interruptible)
+    run_cli(main, interrupted="interrupted: the finished RL steps were saved; continue with `python train_rl.py "
+            "--resume` (same --ckpt-dir and --size)")

@@ -50,8 +50,8 @@ def main(argv=None) -> None:
     ckpt_root, out_root = writable_dir(args.ckpt_dir), writable_dir(args.out)
     common = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
     start, per_seed, timings = time.perf_counter(), {}, {}
+    many = len(seeds) > 1
     for seed in seeds:
-        many = len(seeds) > 1
         ckpt_dir = ckpt_root / f"seed-{seed}" if many else ckpt_root
         out_dir = out_root / f"seed-{seed}" if many else out_root
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -65,23 +65,21 @@ def main(argv=None) -> None:
     for seed, t in timings.items():
         if t:
             print(f"seed {seed}: " + ", ".join(f"{name} {s:.0f} s" for name, s in t.items()))
-    if len(seeds) > 1:
+    if many:
         print(f"summary over seeds: {seeds_report(summarise(per_seed), seeds, out_root)}")
     else:
         print(f"report: {out_root / 'report.md'}")
 
 
-def main_interruptible(argv=None) -> None:
+def main_reporting_failures(argv=None) -> None:
+    """A failed stage has printed its own error; say which script stopped the pipeline, keep its exit code."""
     try:
         main(argv)
     except StageFailed as failure:
         print(f"python -m nanocot: stopped: {failure}", file=sys.stderr)
         sys.exit(failure.code if failure.code in (2, 130) else 1)
-    except KeyboardInterrupt:
-        print("python -m nanocot: interrupted; run the same command again to continue (finished stages are skipped, "
-              "the interrupted one resumes)", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":
-    run_cli(main_interruptible)
+    run_cli(main_reporting_failures, interrupted="python -m nanocot: interrupted; run the same command again to "
+            "continue (finished stages are skipped, the interrupted one resumes)")

@@ -58,6 +58,11 @@ def positive_float(text: str) -> float:
     return _checked(text, float, lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
 
 
+def nonnegative_int(text: str) -> int:
+    """For counts where 0 means off (top-k, lr warm-up steps)."""
+    return _checked(text, int, lambda v: v >= 0, ">= 0")
+
+
 def nonnegative_float(text: str) -> float:
     """For coefficients where 0 means off (KL, entropy, weight decay): finite and >= 0, so nan/inf are refused."""
     return _checked(text, float, lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
@@ -119,9 +124,10 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_cli(main) -> None:
+def run_cli(main, interrupted: str = "interrupted: nothing was written for the unfinished stage") -> None:
     """Run `main()`; user-facing errors become one line on stderr and exit code 2. SIGTERM is treated
-    like Ctrl-C, so a stage that saves on interrupt also saves when the system asks it to stop."""
+    like Ctrl-C, so a stage that saves on interrupt also saves when the system asks it to stop; the
+    `interrupted` line then tells the user what was kept and how to continue."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         main()
@@ -133,5 +139,5 @@ def run_cli(main) -> None:
               "(if any) is kept; try a lower --lr", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted: nothing was written for the unfinished stage", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         sys.exit(130)
