@@ -14,6 +14,7 @@ from nanocot import checkpoint
 from nanocot.cli import (
     Parser,
     UsageError,
+    adam_beta,
     add_run_flags,
     nonnegative_float,
     nonnegative_int,
@@ -43,6 +44,11 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=positive_int, default=d.samples_per_prompt,
                    help=f"sampled completions per problem, G >= 2 (default: {d.samples_per_prompt})")
     p.add_argument("--lr", type=positive_float, default=d.lr, help=f"AdamW learning rate (default: {d.lr})")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule,
+                   help=f"constant, or a cosine decay to 0 at the last step (default: {d.lr_schedule})")
+    p.add_argument("--beta1", type=adam_beta, default=d.beta1,
+                   help=f"Adam's gradient averaging: 0.99 averages ~100 steps of noisy policy gradients (default: {d.beta1})")
+    p.add_argument("--beta2", type=adam_beta, default=d.beta2, help=f"Adam's squared-gradient averaging (default: {d.beta2})")
     p.add_argument("--temperature", type=positive_float, default=d.temperature, help=f"sampling temperature (default: {d.temperature})")
     p.add_argument("--top-k", type=nonnegative_int, default=d.top_k, help="sample only among the k likeliest tokens; 0 = all (default: 0)")
     p.add_argument("--baseline", choices=["loo", "mean", "none"], default=d.baseline,
@@ -79,6 +85,7 @@ def main(argv=None) -> None:
     if args.samples < 2:
         raise UsageError(f"--samples must be >= 2 for a baseline, got {args.samples}")
     config = RLConfig(steps=args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
+                      beta1=args.beta1, beta2=args.beta2, lr_schedule=args.lr_schedule,
                       temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
                       entropy_coef=args.entropy, curriculum=args.curriculum, paraphrase_prob=args.paraphrase_prob,
                       eval_every=args.eval_every, seed=args.seed, weight_decay=args.weight_decay, grad_clip=args.grad_clip,

@@ -38,6 +38,10 @@ def parse_args(argv=None):
     add_run_flags(p, "seed for initialisation and data order")
     p.add_argument("--num-examples", type=int, default=0,
                    help="warmup/direct only: train on a fixed pool of this many problems; 0 = fresh problems every step (default: 0)")
+    p.add_argument("--easier-fraction", type=probability,
+                   help="share of training problems with fewer operands. pretrain: sets the task's, which direct SFT "
+                        f"inherits (default: {task.easier_fraction}); warmup/direct: this stage's own mix (default: "
+                        f"warmup {STAGE_DEFAULTS['warmup'].easier_fraction}, direct the task's)")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
     g.add_argument("--operands", type=int, default=task.num_operands, help=f"operands per test problem, k (default: {task.num_operands})")
     g.add_argument("--min-operands", type=int, default=task.min_operands,
@@ -46,8 +50,6 @@ def parse_args(argv=None):
     g.add_argument("--max-modulus", type=int, default=task.max_modulus, help=f"largest modulus (default: {task.max_modulus})")
     g.add_argument("--number-format", choices=NUMBER_FORMATS, default=task.number_format,
                    help=f"numbers as single tokens or as digit characters (default: {task.number_format})")
-    g.add_argument("--easier-fraction", type=probability, default=task.easier_fraction,
-                   help=f"share of training problems with fewer operands (default: {task.easier_fraction})")
     g = p.add_argument_group("corpus (pretrain only)")
     g.add_argument("--corpus-lines", type=positive_int, default=corpus.num_lines, help=f"lines of toy text (default: {corpus.num_lines})")
     g.add_argument("--worked-fraction", type=probability, default=corpus.worked_fraction,
@@ -61,18 +63,24 @@ def main(argv=None) -> None:
         raise UsageError(f"--corpus-lines must be >= 100 (enough text for pretraining windows), got {args.corpus_lines}")
     if args.num_examples < 0:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
+    # --easier-fraction sets the task's mix at pretraining (direct SFT inherits it) and a warmup/direct stage's own otherwise
+    given = args.easier_fraction is not None
+    task_mix = args.easier_fraction if given and args.stage == "pretrain" else TaskConfig().easier_fraction
+    defaults = STAGE_DEFAULTS[args.stage]
+    stage_mix = args.easier_fraction if given and args.stage != "pretrain" else defaults.easier_fraction
     task_cfg = replace(TaskConfig(), num_operands=args.operands, min_operands=args.min_operands,
-                       min_modulus=args.min_modulus, max_modulus=args.max_modulus, easier_fraction=args.easier_fraction,
+                       min_modulus=args.min_modulus, max_modulus=args.max_modulus,
+                       easier_fraction=task_mix,
                        number_format=args.number_format)
     try:
         validate(task_cfg)
     except ValueError as e:
         raise UsageError(str(e)) from None
     corpus_cfg = replace(CorpusConfig(), num_lines=args.corpus_lines, worked_fraction=args.worked_fraction)
-    defaults = STAGE_DEFAULTS[args.stage]
     train_cfg = replace(defaults, seed=args.seed, steps=args.steps or defaults.steps,
                         batch_size=args.batch_size or defaults.batch_size, lr=args.lr or defaults.lr,
-                        eval_every=args.eval_every or defaults.eval_every)
+                        eval_every=args.eval_every or defaults.eval_every,
+                        easier_fraction=stage_mix)
     device, folder = setup_run(args)
     out_path = folder / f"{args.size}-{args.stage}.pt"
     tok = Tokenizer()

@@ -54,6 +54,11 @@ def probability(text: str) -> float:
     return _checked(text, float, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 
 
+def adam_beta(text: str) -> float:
+    """An Adam averaging coefficient: 0 <= beta < 1 (1 would never update its average)."""
+    return _checked(text, float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+
+
 def positive_float(text: str) -> float:
     return _checked(text, float, lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
 

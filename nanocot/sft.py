@@ -8,6 +8,7 @@
 """
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -85,17 +86,20 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
     task_cfg = from_dict(TaskConfig, pretrained["task_config"])
     tok = Tokenizer(task_cfg.number_format)
     task = ModularAddition(task_cfg)
+    # this stage's operand-count mix (same split: which problems are test problems does not depend on it)
+    batch_task = task if train_cfg.easier_fraction is None else \
+        ModularAddition(replace(task_cfg, easier_fraction=train_cfg.easier_fraction))
     mode = DIRECT if stage == "direct" else COT
     model = build_model(resume or pretrained, device)
     history = resume["history"][:-1] if resume is not None else pretrained["history"]  # the stages before this one
     rng = np.random.default_rng(train_cfg.seed)
-    pool = task.sample_train(rng, num_examples) if num_examples > 0 else None  # drawn again on resume: same pool
+    pool = batch_task.sample_train(rng, num_examples) if num_examples > 0 else None  # drawn again on resume: same pool
 
     def next_batch(step: int):
         if pool is not None:
             problems = [pool[i] for i in rng.integers(0, len(pool), size=train_cfg.batch_size)]
         else:
-            problems = task.sample_train(rng, train_cfg.batch_size)
+            problems = batch_task.sample_train(rng, train_cfg.batch_size)
         return collate([task_example(tok, p, mode) for p in problems], tok.pad_id, device)
 
     test, train_sample = task.test_set(), task.train_sample(1000)

@@ -34,7 +34,7 @@ import nanocot.train
 import train_rl
 import train_sft
 from nanocot import checkpoint
-from nanocot.cli import nonnegative_float, positive_float, positive_int, probability, seed_int
+from nanocot.cli import adam_beta, nonnegative_float, positive_float, positive_int, probability, seed_int
 from nanocot.config import CorpusConfig, TaskConfig, TrainConfig
 from nanocot.rl import Reinforce, RLConfig
 from nanocot.sft import finetune, pretrain
@@ -405,6 +405,9 @@ RL_FLAGS = {
     "--samples": (["2", "8"], st.one_of(_ints(1, 0, -1), _rejected_by(positive_int))),
     "--lr": (["1e-4"], _rejected_by(positive_float)),
     "--temperature": (["1.0", "0.5"], _rejected_by(positive_float)),
+    "--lr-schedule": (["constant", "cosine"], _not_in(("constant", "cosine"))),
+    "--beta1": (["0.9", "0.99"], _rejected_by(adam_beta)),
+    "--beta2": (["0.999"], _rejected_by(adam_beta)),
     "--top-k": (["0", "5"], st.one_of(_ints(-1, -10), _rejected_by(int))),
     "--baseline": (["loo", "mean", "none"], _not_in(("loo", "mean", "none"))),
     "--kl": (["0", "0.1"], _rejected_by(nonnegative_float)),

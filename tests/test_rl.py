@@ -40,6 +40,19 @@ def tiny_model(seed: int = 0) -> GPT:
 # --------------------------------------------------------------------------------------------- advantages
 
 
+def test_learning_rate_schedules():
+    """Warm-up ramps linearly; cosine ends at 0 on the last step; constant stays at lr; Adam gets the betas."""
+    cfg = RLConfig(lr=1e-3, steps=100, warmup_steps=10)
+    assert rl.learning_rate(cfg, 0) == pytest.approx(1e-4) and rl.learning_rate(cfg, 50) == pytest.approx(1e-3)
+    cos = RLConfig(lr=1e-3, steps=100, lr_schedule="cosine")
+    assert rl.learning_rate(cos, 0) == pytest.approx(1e-3) and rl.learning_rate(cos, 50) == pytest.approx(5e-4)
+    assert rl.learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr schedule"):
+        rl.learning_rate(RLConfig(lr_schedule="linear"), 0)
+    trainer = Reinforce(tiny_model(), ModularAddition(TaskConfig()), RLConfig(beta1=0.99, beta2=0.999))
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.99, 0.999)
+
+
 def test_leave_one_out_advantages():
     """r_i minus the mean of the *other* rewards: the lone success gets +1, each failure -1/3."""
     adv = advantages(torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0]]), "loo")
@@ -221,7 +234,7 @@ def test_state_dict_round_trip_continues_exactly(task, monkeypatch):
     # every sample "has" a parseable body, so paraphrase_prob=0.5 draws from the python stream each time
     monkeypatch.setattr(rl, "split_answer", lambda text: ("8+7=15,15+12=27-21=6;", text[-1:] + "\n"))
     cfg = RLConfig(prompts_per_step=2, samples_per_prompt=2, max_new_tokens=12, lr=1e-2, seed=5,
-                   paraphrase_prob=0.5)
+                   paraphrase_prob=0.5, temperature=1.0, curriculum="mixed")  # varied samples: real updates
     model_a = make_model(len(TOK), std=0.1).train()
     model_b = copy.deepcopy(model_a)
     a = Reinforce(model_a, task, cfg)

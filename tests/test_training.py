@@ -148,3 +148,20 @@ def test_tiny_pretraining_lowers_the_loss():
     assert payload["record"]["tokens"] == 60 * 16 * payload["model_config"]["block_size"]
     assert payload["size"] == "tiny" and payload["stage"] == "pretrain"
     assert [h["stage"] for h in payload["history"]] == ["pretrain"]
+
+
+@pytest.mark.parametrize("share, expect_fewer", [(1.0, True), (0.0, False)])
+def test_stage_easier_fraction_sets_the_operand_mix(tiny_pretrain_payload, monkeypatch, share, expect_fewer):
+    """A warm-up's own `easier_fraction` decides how many of its problems have fewer operands (the task's
+    0.5 is ignored): 1.0 -> every problem has fewer than k operands, 0.0 -> every problem has k."""
+    import nanocot.sft as sft
+
+    seen = []
+    real = sft.task_example
+    monkeypatch.setattr(sft, "task_example", lambda tok, p, mode: seen.append(p) or real(tok, p, mode))
+    cfg = TrainConfig(steps=2, batch_size=16, lr=1e-3, warmup_steps=1, eval_every=0, easier_fraction=share)
+    payload = sft.finetune(tiny_pretrain_payload, "warmup", cfg, "cpu")
+    k = payload["task_config"]["num_operands"]
+    assert len(seen) == 32
+    assert all((len(p.operands) < k) == expect_fewer for p in seen)
+    assert payload["task_config"] == tiny_pretrain_payload["task_config"]  # the task (and its split) is unchanged
