@@ -1,12 +1,13 @@
 """Every knob of nanocot, as dataclasses with named presets, in one place.
 
-- `ModelConfig` presets `tiny` (tests), `small` and `large`. The current pair differs only in MLP width
-  (64 vs 512). This is still under study: docs/LOG.md shows that with these presets and this task the
-  seed's premise (large answers directly, small cannot) does NOT yet hold reliably. Whether either size
-  leaves the direct-SFT loss plateau varies from run to run, and the small model can learn the direct answer.
+- `ModelConfig` presets `tiny` (tests), `small` (1 layer) and `large` (2 layers): the depth contrast. The
+  two-layer model learned the direct answer on every seed measured; the one-layer model stays at chance on
+  most seeds but escapes its loss plateau on some (seed 2: 98.5%), so the seed's premise holds per seed, not
+  yet per size (docs/LOG.md).
 - `TaskConfig` is the modular-addition task; its defaults are the measured choice of docs/LOG.md.
 - `CorpusConfig` is the toy pretraining text.
-- `TrainConfig` holds the optimiser and schedule; `STAGE_DEFAULTS` gives each stage's defaults.
+- `TrainConfig` holds the optimiser, schedule and (for warm-up/direct) the stage's operand-count mix;
+  `STAGE_DEFAULTS` gives each stage's defaults.
 """
 
 from dataclasses import asdict, dataclass, replace

@@ -15,7 +15,9 @@
 - Optional: KL penalty to the starting policy and an entropy bonus (both off by default).
 - Paraphrase in the loop (`paraphrase_prob`): the sampled trace is rewritten (e.g. operands swapped) and
   the answer is re-sampled after the rewritten trace; the reward is on that answer. The trace tokens are
-  reinforced in their own context, the answer tokens in the paraphrased one.
+  reinforced in their own context, the answer tokens in the paraphrased one. A trace drawn for paraphrase
+  that the paraphraser cannot read earns 0: when it kept its own reward, the policy learned to append a
+  stray number to each trace (`...,10+8=18 9;18`) so that no paraphraser touched it.
 """
 
 import copy
@@ -169,13 +171,16 @@ class Reinforce:
         rows = [row[:n] for row, n in zip(samples.tokens.tolist(), samples.lengths())]
         contexts, generated, owner, texts = [], [], [], []
         paraphrased_at = []  # (sample index, context for the re-sampled answer)
+        unreadable = set()  # drawn for paraphrase, but the paraphraser could not read the trace: reward 0
         for i, ids in enumerate(rows):
             text = tok.decode(ids)
             parts = split_answer(text)
             if cfg.paraphrase_prob > 0 and parts and self.py_rng.random() < cfg.paraphrase_prob:
                 new_body = PARAPHRASERS[cfg.paraphraser](parts[0], self.py_rng)
                 room = self.model.config.block_size - len(prompts[i]) - 2  # keep space for "answer\n"
-                if new_body is not None and len(tok.encode(new_body)) <= room:
+                if new_body is None:  # without this, the policy learns to dodge the defence (docs/LOG.md, session 3)
+                    unreadable.add(i)
+                elif len(tok.encode(new_body)) <= room:
                     body_ids = tok.encode(parts[0])
                     contexts.append(prompts[i]), generated.append(body_ids), owner.append(i)
                     paraphrased_at.append((i, prompts[i] + tok.encode(new_body)))
@@ -191,7 +196,8 @@ class Reinforce:
                 contexts.append(ctx), generated.append(row[:n]), owner.append(i)
                 texts[i] = tok.decode(ctx[len(prompts[i]):] + row[:n])  # the paraphrased completion
         self.model.train()
-        rewards = torch.tensor([reward(problems[i // G], texts[i], COT) for i in range(len(rows))])
+        rewards = torch.tensor([0.0 if i in unreadable else reward(problems[i // G], texts[i], COT)
+                                for i in range(len(rows))])
         return contexts, generated, owner, rewards.view(len(problems), G), texts, rows
 
     def step(self) -> dict:

@@ -217,3 +217,19 @@ def test_operands_that_do_not_fit_are_a_usage_error(tmp_path):
         code = _main_exit_code(["--size", "tiny", "--stage", "direct", "--operands", "60", "--min-operands", "60",
                                 "--steps", "1", "--eval-every", "1", "--ckpt-dir", folder])
     assert code == 2
+
+
+def test_easier_fraction_is_the_task_mix_at_pretraining_and_the_stage_mix_later(tmp_path, good_checkpoint):
+    """--easier-fraction at pretraining sets the task (inherited by later stages); at warm-up it sets only that
+    stage's own mix, recorded in its train config, and leaves the task (and so the test split) alone."""
+    (tmp_path / "tiny-pretrain.pt").write_bytes(good_checkpoint)
+    pretrained = checkpoint.load(tmp_path / "tiny-pretrain.pt")
+    assert _main_exit_code(["--size", "tiny", "--stage", "warmup", "--steps", "1", "--easier-fraction", "0.95",
+                            "--ckpt-dir", str(tmp_path)]) == 0
+    warm = checkpoint.load(tmp_path / "tiny-warmup.pt")
+    assert warm["train_config"]["easier_fraction"] == 0.95
+    assert warm["task_config"] == pretrained["task_config"]
+    assert _main_exit_code(["--size", "tiny", "--stage", "direct", "--steps", "1", "--ckpt-dir", str(tmp_path)]) == 0
+    assert checkpoint.load(tmp_path / "tiny-direct.pt")["train_config"]["easier_fraction"] is None  # the task's mix
+    assert _main_exit_code(["--size", "tiny", "--easier-fraction", "0.25", *QUICK, "--ckpt-dir", str(tmp_path / "p")]) == 0
+    assert checkpoint.load(tmp_path / "p" / "tiny-pretrain.pt")["task_config"]["easier_fraction"] == 0.25

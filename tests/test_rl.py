@@ -320,6 +320,28 @@ def test_paraphrase_in_the_loop(task, monkeypatch):
     assert generated[4:] == [TOK.encode(a) for a in resampled]
 
 
+def test_a_trace_the_paraphraser_cannot_read_earns_nothing(task, monkeypatch):
+    """The dodge a policy found: a right answer after a trace with a stray number (`...=18 9;18`) that no
+    paraphraser parses. Drawn for paraphrase, it must earn 0, or RL teaches the policy to evade the defence;
+    not drawn (paraphrase_prob=0), the same completion keeps its outcome reward."""
+    p = Problem((8, 7, 12), 21)  # answer 6
+    body = reference_trace(p).split(";")[0]
+    dodge = [body + " 9;6\n", body + ";6\n"]  # right answer after an unreadable and a readable trace
+    calls = []
+
+    def fake_generate(model, prompts, max_new_tokens, *args, **kwargs):
+        calls.append(prompts)
+        return _samples(dodge if len(calls) == 1 else ["6\n"], max_new_tokens)
+
+    monkeypatch.setattr(rl, "generate", fake_generate)
+    for prob, expected in ((1.0, [[0.0, 1.0]]), (0.0, [[1.0, 1.0]])):
+        calls.clear()
+        trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, samples_per_prompt=2, paraphrase_prob=prob,
+                                                         paraphraser="reword"))
+        rewards = trainer._sample([p])[3]
+        assert rewards.tolist() == expected, prob
+
+
 def test_paraphrase_of_a_trace_that_fills_the_context(monkeypatch):
     """k = 7: the prompt has 17 tokens, so generation may use 96 - 17 = 79; a parseable 79-token body
     ending at ';' (no room left for an answer) must not crash the step (it can earn no reward)."""
