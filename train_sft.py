@@ -39,9 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--num-examples", type=int, default=0,
                    help="warmup/direct only: train on a fixed pool of this many problems; 0 = fresh problems every step (default: 0)")
     p.add_argument("--easier-fraction", type=probability,
-                   help="share of training problems with fewer operands. pretrain: sets the task's, which direct SFT "
-                        f"inherits (default: {task.easier_fraction}); warmup/direct: this stage's own mix (default: "
-                        f"warmup {STAGE_DEFAULTS['warmup'].easier_fraction}, direct the task's)")
+                   help="share of training problems with fewer operands. pretrain: sets the task's, which later stages "
+                        f"inherit (default: {task.easier_fraction}); warmup/direct: this stage's own mix (default: the task's)")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
     g.add_argument("--operands", type=int, default=task.num_operands, help=f"operands per test problem, k (default: {task.num_operands})")
     g.add_argument("--min-operands", type=int, default=task.min_operands,
@@ -63,14 +62,13 @@ def main(argv=None) -> None:
         raise UsageError(f"--corpus-lines must be >= 100 (enough text for pretraining windows), got {args.corpus_lines}")
     if args.num_examples < 0:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
-    # --easier-fraction sets the task's mix at pretraining (direct SFT inherits it) and a warmup/direct stage's own otherwise
+    # --easier-fraction sets the task's mix at pretraining (later stages inherit it) and a warmup/direct stage's own otherwise
     given = args.easier_fraction is not None
     task_mix = args.easier_fraction if given and args.stage == "pretrain" else TaskConfig().easier_fraction
     defaults = STAGE_DEFAULTS[args.stage]
     stage_mix = args.easier_fraction if given and args.stage != "pretrain" else defaults.easier_fraction
     task_cfg = replace(TaskConfig(), num_operands=args.operands, min_operands=args.min_operands,
-                       min_modulus=args.min_modulus, max_modulus=args.max_modulus,
-                       easier_fraction=task_mix,
+                       min_modulus=args.min_modulus, max_modulus=args.max_modulus, easier_fraction=task_mix,
                        number_format=args.number_format)
     try:
         validate(task_cfg)

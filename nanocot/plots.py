@@ -125,6 +125,7 @@ def plot_paraphrase(faithfulness: dict, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7.0, 3.8))
     names = list(faithfulness)
     width = 0.8 / max(1, len(names))
+    labels: list[str] = []
     for i, name in enumerate(names):
         para = {k: v for k, v in faithfulness[name]["paraphrase"].items() if isinstance(v, dict) and "accuracy" in v}
         labels = list(para)  # "canonical" re-renders the trace unchanged: the control bar
@@ -133,7 +134,7 @@ def plot_paraphrase(faithfulness: dict, path: str | Path) -> None:
         values = [st["value"] for st in stats]
         errors = [[st["value"] - st["lo"] for st in stats], [st["hi"] - st["value"] for st in stats]]
         ax.bar(xs, values, width, yerr=errors, capsize=2, label=name)
-        ax.set_xticks(np.arange(len(labels)) + width * (len(names) - 1) / 2, labels)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(names) - 1) / 2, labels)  # every model has the same paraphrasers
     ax.set(ylabel="accuracy after the paraphrased trace", ylim=(0, 1.05), title="paraphrase: does the answer survive a rewrite?")
     ax.legend(fontsize=8)
     _save(fig, path)

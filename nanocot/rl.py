@@ -21,7 +21,6 @@
 """
 
 import copy
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nanocot.config import TrainConfig
 from nanocot.metrics import cot_completions
 from nanocot.model import GPT
 from nanocot.paraphrase import PARAPHRASERS
@@ -38,7 +38,7 @@ from nanocot.sampling import generate
 from nanocot.task import COT, ModularAddition, Problem, prompt, reward
 from nanocot.tokenizer import Tokenizer
 from nanocot.trace import split_answer
-from nanocot.train import stop_requests
+from nanocot.train import lr_at, stop_requests
 
 
 @dataclass(frozen=True)
@@ -112,13 +112,13 @@ def sequence_logprobs(model: GPT, contexts: list[list[int]], generated: list[lis
 
 
 def learning_rate(config: RLConfig, step: int) -> float:
-    """Linear warm-up over `warmup_steps`, then constant or a cosine decay to 0 at `steps`."""
-    scale = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    """Linear warm-up over `warmup_steps`, then constant, or the supervised stages' cosine (train.lr_at)
+    decaying to 0 at `steps`."""
     if config.lr_schedule == "cosine":
-        scale *= 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, config.steps))))
-    elif config.lr_schedule != "constant":
-        raise ValueError(f"unknown lr schedule {config.lr_schedule!r}: use 'constant' or 'cosine'")
-    return config.lr * scale
+        return lr_at(step, TrainConfig(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps, min_lr_ratio=0.0))
+    if config.lr_schedule == "constant":
+        return config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+    raise ValueError(f"unknown lr schedule {config.lr_schedule!r}: use 'constant' or 'cosine'")
 
 
 class Reinforce:
