@@ -42,26 +42,43 @@ from nanocot.train import make_optimizer, masked_loss  # noqa: E402
 NEVER = -1  # a stop id no token has: every row samples its whole budget
 
 
+DEVICE = torch.device("cpu")  # set by main(); GPU work is asynchronous, so every timing synchronises
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def median_seconds(fn, repeats: int) -> float:
     """Median wall time of fn() over `repeats` runs, after one warm-up run (allocator, caches, lazy init)."""
     fn()
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def matmul_gflops(n: int, repeats: int) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / median_seconds(lambda: a @ b, repeats) / 1e9
+    """fp32 (no TF32 on CUDA: torch's default for matmul) square products, 10 per timing on a GPU."""
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
+    times = 10 if DEVICE.type == "cuda" else 1
+
+    def run():
+        for _ in range(times):
+            a @ b
+
+    return times * 2 * n**3 / median_seconds(run, repeats) / 1e9
 
 
 def train_batch(config, batch_size: int, generator: torch.Generator):
     x = torch.randint(1, config.vocab_size, (batch_size, config.block_size), generator=generator)
     y = torch.randint(1, config.vocab_size, (batch_size, config.block_size), generator=generator)
-    return x, y, torch.ones(batch_size, config.block_size)
+    return x.to(DEVICE), y.to(DEVICE), torch.ones(batch_size, config.block_size, device=DEVICE)
 
 
 def nanocot_train_step(model: GPT, batch, steps: int):
@@ -89,7 +106,7 @@ def rl_prompts(tok: Tokenizer, n: int) -> list[list[int]]:
 
 
 def bench_sampling(model: GPT, prompts: list[list[int]], budget: int, repeats: int) -> dict:
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
     tokens = len(prompts) * min(budget, model.config.block_size - len(prompts[0]))
     out = {}
     for name, use_cache in (("kv", True), ("recompute", False)):
@@ -110,8 +127,9 @@ def bench_transformers(config, batch, prompts: list[list[int]], budget: int, ste
     hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.d_model,
                            n_layer=config.n_layer, n_head=config.n_head, n_inner=config.d_mlp, resid_pdrop=0.0,
                            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(hf_config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    model = GPT2LMHeadModel(hf_config).to(DEVICE).train()
+    # the same optimizer as nanocot's step (fused AdamW where torch has it), so the ratio compares the models
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), fused=DEVICE.type in ("cpu", "cuda"))
     x, y, _ = batch
 
     def train_run():
@@ -124,7 +142,7 @@ def bench_transformers(config, batch, prompts: list[list[int]], budget: int, ste
 
     hf_train = median_seconds(train_run, repeats)
     model.eval()
-    ids = torch.tensor(prompts)
+    ids = torch.tensor(prompts, device=DEVICE)
     new = min(budget, config.block_size - ids.shape[1])
 
     @torch.no_grad()
@@ -154,6 +172,7 @@ def stage_seconds(folder: Path) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench.json", help="where to write the JSON (default: bench.json in cwd)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is kept (default: 3)")
     p.add_argument("--presets", default="small,large", help="comma-separated model presets (default: small,large)")
@@ -164,7 +183,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
+    global DEVICE
     args = parse_args(argv)
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        sys.exit(f"error: device {args.device!r} is not available here: use cpu or cuda")
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
@@ -176,7 +199,8 @@ def main(argv=None) -> dict:
     batch_n, budget, steps = (8, 8, 2) if args.quick else (rl.prompts_per_step * rl.samples_per_prompt, rl.max_new_tokens, 10)
     tok = Tokenizer()
     prompts = rl_prompts(tok, batch_n)
-    result = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": args.quick,
+    name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
+    result = {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": args.quick,
               "repeats": repeats, "matmul_gflops": matmul_gflops(256 if args.quick else 2048, repeats),
               "train": {}, "sampling": {}, "vs_transformers": {}, "stages": None}
     result["transformers"] = None  # its version when the comparison runs
@@ -191,7 +215,7 @@ def main(argv=None) -> dict:
     for size in presets:
         config = model_config(size, len(tok))
         torch.manual_seed(0)
-        model = GPT(config)
+        model = GPT(config).to(DEVICE)
         batch_size = 4 if args.quick else STAGE_DEFAULTS["pretrain"].batch_size
         batch = train_batch(config, batch_size, torch.Generator().manual_seed(0))
         train_s = median_seconds(nanocot_train_step(model, batch, steps), repeats)
@@ -217,7 +241,7 @@ def main(argv=None) -> dict:
 
 
 def print_table(r: dict) -> None:
-    print(f"fp32 matmul ceiling: {r['matmul_gflops']:.1f} GFLOP/s ({r['threads']} threads, torch {r['torch']})")
+    print(f"fp32 matmul ceiling: {r['matmul_gflops']:.1f} GFLOP/s on {r['device']} ({r['threads']} threads, torch {r['torch']})")
     print(f"{'preset':8} {'params':>8} {'train tok/s':>12} {'GFLOP/s':>8} {'of ceil':>8} {'kv tok/s':>10} "
           f"{'recomp tok/s':>12} {'kv x':>6} {'train/HF':>9} {'gen/HF':>7}")
     for size, t in r["train"].items():

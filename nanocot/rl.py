@@ -38,7 +38,7 @@ from nanocot.sampling import generate
 from nanocot.task import COT, ModularAddition, Problem, prompt, reward
 from nanocot.tokenizer import Tokenizer
 from nanocot.trace import split_answer
-from nanocot.train import lr_at, stop_requests
+from nanocot.train import fused_adam, lr_at, stop_requests
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class Reinforce:
         self.tok = Tokenizer(task.config.number_format)
         self.reference = reference  # frozen starting policy, for the KL term and the KL log
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, fused=fused_adam(model))
         self.rng = np.random.default_rng(config.seed)
         self.py_rng = random.Random(config.seed)
         self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)

@@ -122,8 +122,9 @@ class ModularAddition:
                 num = int(rng.integers(cfg.min_operands, cfg.num_operands))
             else:
                 num = cfg.num_operands
-            m = int(rng.choice(self.train_moduli))
-            problem = Problem(tuple(int(x) for x in rng.integers(0, m, size=num)), m)
+            # indexing with rng.integers draws the same stream as rng.choice(list), ~10x faster per call
+            m = self.train_moduli[int(rng.integers(len(self.train_moduli)))]
+            problem = Problem(tuple(rng.integers(0, m, size=num).tolist()), m)
             if not self.is_test(problem):
                 problems.append(problem)
         return problems
