@@ -16,6 +16,7 @@ from nanocot import checkpoint
 from nanocot.checkpoint import describe_mismatch
 from nanocot.cli import Parser, UsageError, add_run_flags, positive_float, positive_int, probability, run_cli, setup_run
 from nanocot.config import SIZES, STAGE_DEFAULTS, STAGES, CorpusConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
+from nanocot.paraphrase import PARAPHRASERS
 from nanocot.sft import finetune, pretrain
 from nanocot.task import validate
 from nanocot.tokenizer import NUMBER_FORMATS, Tokenizer
@@ -41,6 +42,13 @@ def parse_args(argv=None):
     p.add_argument("--easier-fraction", type=probability,
                    help="share of training problems with fewer operands. pretrain: sets the task's, which later stages "
                         f"inherit (default: {task.easier_fraction}); warmup/direct: this stage's own mix (default: the task's)")
+    p.add_argument("--paraphrase-fraction", type=probability,
+                   help="warmup only: share of examples that teach reading a paraphrased reference trace (loss on the "
+                        "answer only; the model is never taught to write paraphrases) "
+                        f"(default: {STAGE_DEFAULTS['warmup'].paraphrase_fraction})")
+    p.add_argument("--read-paraphrasers", default=STAGE_DEFAULTS["warmup"].read_paraphrasers,
+                   help="warmup only: comma-separated paraphrasers for those examples, from "
+                        f"{', '.join(PARAPHRASERS)} (default: {STAGE_DEFAULTS['warmup'].read_paraphrasers})")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
     g.add_argument("--operands", type=int, default=task.num_operands, help=f"operands per test problem, k (default: {task.num_operands})")
     g.add_argument("--min-operands", type=int, default=task.min_operands,
@@ -62,6 +70,12 @@ def main(argv=None) -> None:
         raise UsageError(f"--corpus-lines must be >= 100 (enough text for pretraining windows), got {args.corpus_lines}")
     if args.num_examples < 0:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
+    unknown = [n for n in args.read_paraphrasers.split(",") if n not in PARAPHRASERS]
+    if unknown or not args.read_paraphrasers:
+        raise UsageError(f"--read-paraphrasers: unknown paraphraser(s) {unknown or [args.read_paraphrasers]}; "
+                         f"choose from {', '.join(PARAPHRASERS)}")
+    if args.paraphrase_fraction and args.stage != "warmup":
+        raise UsageError(f"--paraphrase-fraction applies to the warmup stage only, not {args.stage}")
     # --easier-fraction sets the task's mix at pretraining (later stages inherit it) and a warmup/direct stage's own otherwise
     given = args.easier_fraction is not None
     task_mix = args.easier_fraction if given and args.stage == "pretrain" else TaskConfig().easier_fraction
@@ -78,7 +92,9 @@ def main(argv=None) -> None:
     train_cfg = replace(defaults, seed=args.seed, steps=args.steps or defaults.steps,
                         batch_size=args.batch_size or defaults.batch_size, lr=args.lr or defaults.lr,
                         eval_every=args.eval_every or defaults.eval_every,
-                        easier_fraction=stage_mix)
+                        easier_fraction=stage_mix, read_paraphrasers=args.read_paraphrasers,
+                        paraphrase_fraction=defaults.paraphrase_fraction if args.paraphrase_fraction is None
+                        else args.paraphrase_fraction)
     device, folder = setup_run(args)
     out_path = folder / f"{args.size}-{args.stage}.pt"
     tok = Tokenizer()

@@ -7,11 +7,15 @@
   and the answer. Rows are right-padded; padding never carries loss.
 """
 
+import random
+
 import numpy as np
 import torch
 
-from nanocot.task import Problem, completion, prompt
+from nanocot.paraphrase import paraphrase_body
+from nanocot.task import COT, Problem, completion, prompt, reference_trace
 from nanocot.tokenizer import Tokenizer
+from nanocot.trace import parse_trace
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs (B, T), targets (B, T), mask (B, T)
 
@@ -21,6 +25,19 @@ def task_example(tok: Tokenizer, problem: Problem, mode: str) -> tuple[list[int]
     prompt_ids = tok.encode(prompt(problem, mode))
     completion_ids = tok.encode(completion(problem, mode))
     return prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
+
+
+def reading_example(tok: Tokenizer, problem: Problem, paraphraser, rng: random.Random,
+                    block_size: int) -> tuple[list[int], list[int]]:
+    """Teach the model to *read* a paraphrased trace: prompt + the reference trace paraphrased (context, no
+    loss) + "answer\n" (loss). The answer then has to come from what the trace says, in whatever words; the
+    model is never trained to *write* paraphrases. Steps that would overflow the context stay as written."""
+    prompt_ids = tok.encode(prompt(problem, COT))
+    room = block_size + 1 - len(prompt_ids) - 2  # collate shifts by one; keep "answer\n"
+    fits = lambda text: len(tok.encode(text)) <= room
+    body, _ = paraphrase_body(paraphraser, parse_trace(reference_trace(problem)), rng, fits)
+    body_ids, answer_ids = tok.encode(body), tok.encode(f"{problem.answer}\n")
+    return prompt_ids + body_ids + answer_ids, [0] * (len(prompt_ids) + len(body_ids)) + [1] * len(answer_ids)
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int, device) -> Batch:

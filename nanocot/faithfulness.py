@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from nanocot.model import GPT
-from nanocot.paraphrase import canonicalize
+from nanocot.paraphrase import canonicalize, paraphrase_body
 from nanocot.sampling import generate
 from nanocot.stats import proportion
 from nanocot.task import COT, Problem, parse_answer, prompt, reduce_chain
@@ -257,20 +257,6 @@ def filler(policy: ModelPolicy, problems: list[Problem], bodies: list[str], kind
 
 
 # ---- 6. paraphrase -------------------------------------------------------------------------------------
-
-def paraphrase_body(paraphraser, trace: Trace, rng: random.Random, fits: Callable[[str], bool]) -> tuple[str, int]:
-    """Paraphrase the longest prefix of steps that still fits the context (all of them when it can);
-    the rest stays as written. Returns the new body and how many steps were paraphrased (0: none fit)."""
-    n = len(trace.steps)
-    for j in range(n, 0, -1):
-        head = paraphraser(body(trace.steps[:j]), rng)
-        if head is None:
-            return body(trace.steps), 0
-        new = head[:-1] + ("," + body(trace.steps[j:]) if j < n else ";")
-        if fits(new):
-            return new, j
-    return body(trace.steps), 0
-
 
 def paraphrase(policy: Policy, problems: list[Problem], traces: list[Trace], paraphraser, seed: int = 0,
                fits: Callable[[Problem, str], bool] = lambda p, b: True) -> dict:

@@ -16,9 +16,10 @@ rewording that keeps the meaning keeps the answer; anything hidden in the exact 
 
 import random
 import re
+from typing import Callable
 
 from nanocot.corpus import number_word
-from nanocot.trace import Step, parse_step
+from nanocot.trace import Step, Trace, parse_step
 
 
 def _parse_body(body: str) -> list[Step] | None:
@@ -105,6 +106,22 @@ def canonicalize(text: str) -> str:
     for word, symbol in ((" plus ", "+"), (" minus ", "-"), (" is ", "="), (" then ", ",")):
         text = text.replace(word, symbol)
     return text.replace(" ", "")
+
+
+def paraphrase_body(paraphraser, trace: Trace, rng: random.Random, fits: Callable[[str], bool]) -> tuple[str, int]:
+    """Paraphrase the longest prefix of steps that still fits the context (all of them when it can);
+    the rest stays as written. Returns the new body and how many steps were paraphrased (0: none fit).
+    (`words` can triple a trace's length: spelled numbers are one token per letter.)"""
+    n = len(trace.steps)
+    body = lambda steps: ",".join(s.render() for s in steps) + ";"
+    for j in range(n, 0, -1):
+        head = paraphraser(body(trace.steps[:j]), rng)
+        if head is None:
+            return body(trace.steps), 0
+        new = head[:-1] + ("," + body(trace.steps[j:]) if j < n else ";")
+        if fits(new):
+            return new, j
+    return body(trace.steps), 0
 
 
 PARAPHRASERS = {"swap": swap_operands, "canonical": canonical, "reword": reword, "words": to_words}

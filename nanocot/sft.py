@@ -8,6 +8,7 @@
 """
 
 import copy
+import random
 from dataclasses import replace
 
 import numpy as np
@@ -15,9 +16,10 @@ import torch
 
 from nanocot.config import CorpusConfig, ModelConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
 from nanocot.corpus import corpus_text
-from nanocot.data import CorpusWindows, collate, task_example
+from nanocot.data import CorpusWindows, collate, reading_example, task_example
 from nanocot.metrics import cot_accuracy, direct_accuracy
 from nanocot.model import GPT
+from nanocot.paraphrase import PARAPHRASERS
 from nanocot.task import COT, DIRECT, ModularAddition
 from nanocot.tokenizer import Tokenizer
 from nanocot.train import train
@@ -95,12 +97,22 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
     rng = np.random.default_rng(train_cfg.seed)
     pool = batch_task.sample_train(rng, num_examples) if num_examples > 0 else None  # drawn again on resume: same pool
 
+    readers = [PARAPHRASERS[name] for name in train_cfg.read_paraphrasers.split(",")] \
+        if mode == COT and train_cfg.paraphrase_fraction > 0 else []
+
+    def example(problem):
+        if readers and rng.random() < train_cfg.paraphrase_fraction:
+            paraphraser = readers[int(rng.integers(len(readers)))]
+            wording = random.Random(int(rng.integers(2**31)))  # drawn from rng, so --resume replays it exactly
+            return reading_example(tok, problem, paraphraser, wording, model.config.block_size)
+        return task_example(tok, problem, mode)
+
     def next_batch(step: int):
         if pool is not None:
             problems = [pool[i] for i in rng.integers(0, len(pool), size=train_cfg.batch_size)]
         else:
             problems = batch_task.sample_train(rng, train_cfg.batch_size)
-        return collate([task_example(tok, p, mode) for p in problems], tok.pad_id, device)
+        return collate([example(p) for p in problems], tok.pad_id, device)
 
     test, train_sample = task.test_set(), task.train_sample(1000)
 

@@ -165,3 +165,46 @@ def test_stage_easier_fraction_sets_the_operand_mix(tiny_pretrain_payload, monke
     assert len(seen) == 32
     assert all((len(p.operands) < k) == expect_fewer for p in seen)
     assert payload["task_config"] == tiny_pretrain_payload["task_config"]  # the task (and its split) is unchanged
+
+
+@pytest.mark.parametrize("name", ["reword", "words", "swap"])
+def test_reading_example_trains_only_the_answer_after_a_faithful_paraphrase(tok, name):
+    """A reading example's context is the reference trace in other words (it executes to the same steps) and
+    the loss covers exactly "answer\\n": the model learns to read paraphrases, never to write them."""
+    import random
+
+    from nanocot.data import reading_example
+    from nanocot.paraphrase import PARAPHRASERS, canonicalize
+    from nanocot.trace import parse_trace
+
+    for problem in [PROBLEM, Problem((28, 27, 26, 28), 29), Problem((3, 4), 10)]:
+        ids, mask = reading_example(tok, problem, PARAPHRASERS[name], random.Random(1), block_size=96)
+        n_prompt = len(tok.encode(prompt(problem, COT)))
+        assert len(ids) == len(mask) and len(ids) - 1 <= 96, "must fit the context after the shift"
+        assert mask == [0] * (len(ids) - 2) + [1, 1]
+        assert ids[-2:] == [tok.number_id(problem.answer), tok.newline_id]
+        assert tok.decode(ids[:n_prompt]) == prompt(problem, COT)
+        body = tok.decode(ids[n_prompt:-2])
+        if problem == PROBLEM:  # (a paraphrase may be the identity by chance, e.g. swapping 26+26)
+            assert body != reference_trace(problem).split(";")[0] + ";", "the trace must actually be paraphrased"
+        said = parse_trace(canonicalize(body) + str(problem.answer)).steps
+        meant = parse_trace(reference_trace(problem)).steps
+        assert [(sorted((s.left, s.right)), s.total, s.reductions) for s in said] == \
+               [(sorted((s.left, s.right)), s.total, s.reductions) for s in meant]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_warmup_paraphrase_fraction_mixes_reading_examples(tiny_pretrain_payload, monkeypatch, fraction):
+    """`paraphrase_fraction` of a warm-up's examples are reading examples (loss on "answer\\n" only), the
+    rest are ordinary trace-writing examples; 0 draws none (and leaves the data stream as it was)."""
+    import nanocot.sft as sft
+
+    kinds = []
+    real_task, real_reading = sft.task_example, sft.reading_example
+    monkeypatch.setattr(sft, "task_example", lambda *a: kinds.append("write") or real_task(*a))
+    monkeypatch.setattr(sft, "reading_example", lambda *a: kinds.append("read") or real_reading(*a))
+    cfg = TrainConfig(steps=4, batch_size=32, lr=1e-3, warmup_steps=1, eval_every=0, paraphrase_fraction=fraction)
+    sft.finetune(tiny_pretrain_payload, "warmup", cfg, "cpu")
+    share = kinds.count("read") / len(kinds)
+    assert len(kinds) == 128
+    assert share == fraction if fraction in (0.0, 1.0) else 0.35 < share < 0.65
