@@ -30,6 +30,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=positive_int, help="optimizer steps (default: the stage's, see nanocot/config.py)")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: the stage's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the stage's)")
+    p.add_argument("--min-lr-ratio", type=probability,
+                   help="the cosine decays the learning rate to lr * this at the last step (default: the stage's)")
     p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations (default: the stage's)")
     p.add_argument("--save-every", type=positive_int, default=250,
                    help="steps between resumable checkpoints, so a crash loses at most this many steps (default: 250)")
@@ -91,6 +93,7 @@ def main(argv=None) -> None:
     corpus_cfg = replace(CorpusConfig(), num_lines=args.corpus_lines, worked_fraction=args.worked_fraction)
     train_cfg = replace(defaults, seed=args.seed, steps=args.steps or defaults.steps,
                         batch_size=args.batch_size or defaults.batch_size, lr=args.lr or defaults.lr,
+                        min_lr_ratio=defaults.min_lr_ratio if args.min_lr_ratio is None else args.min_lr_ratio,
                         eval_every=args.eval_every or defaults.eval_every,
                         easier_fraction=stage_mix, read_paraphrasers=args.read_paraphrasers,
                         paraphrase_fraction=defaults.paraphrase_fraction if args.paraphrase_fraction is None

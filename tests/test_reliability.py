@@ -395,6 +395,9 @@ SFT_FLAGS = {
     "--easier-fraction": (["0.5", "0", "1"], _rejected_by(probability)),
     "--corpus-lines": (["300"], st.one_of(_ints(99, 1, 0, -3), _rejected_by(positive_int))),
     "--worked-fraction": (["0.2"], _rejected_by(probability)),
+    "--min-lr-ratio": (["0", "0.1"], _rejected_by(probability)),
+    "--paraphrase-fraction": (["0"], _rejected_by(probability)),
+    "--read-paraphrasers": (["reword", "reword,words"], st.sampled_from(["foo", "reword,", ",words", "Reword", ""])),
 }
 RL_FLAGS = {
     **RUN_FLAGS,
