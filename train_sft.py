@@ -73,8 +73,8 @@ def main(argv=None) -> None:
     if args.num_examples < 0:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
     unknown = [n for n in args.read_paraphrasers.split(",") if n not in PARAPHRASERS]
-    if unknown or not args.read_paraphrasers:
-        raise UsageError(f"--read-paraphrasers: unknown paraphraser(s) {unknown or [args.read_paraphrasers]}; "
+    if unknown:  # "" splits to [""], so an empty list of names lands here too
+        raise UsageError(f"--read-paraphrasers: unknown paraphraser(s) {unknown}; "
                          f"choose from {', '.join(PARAPHRASERS)}")
     if args.paraphrase_fraction and args.stage != "warmup":
         raise UsageError(f"--paraphrase-fraction applies to the warmup stage only, not {args.stage}")

@@ -12,17 +12,17 @@ done
 run train_sft.py --size small --stage warmup --steps 400 --eval-every 200
 run train_rl.py --size small --steps 60 --eval-every 30
 $PY - "$W" <<'PYEOF'
-import sys, time, numpy as np
+import runpy, sys, time, numpy as np
 from pathlib import Path
-from nanocot import checkpoint
 from nanocot.config import TaskConfig
 from nanocot.data import collate, task_example
 from nanocot.task import DIRECT, ModularAddition
 from nanocot.tokenizer import Tokenizer
-for path in sorted(Path(sys.argv[1]).glob("*.pt")):
-    p = checkpoint.load(path)
-    last = p["history"][-1]
-    print(f"{path.stem:16} {last['steps']:5d} steps {last['seconds']:7.1f} s  {1e3 * last['seconds'] / last['steps']:6.2f} ms/step")
+stage_seconds = runpy.run_path("bench/run.py")["stage_seconds"]  # the bench's reading of the checkpoints
+for name, stage in stage_seconds(Path(sys.argv[1])).items():
+    if "error" in stage:
+        print(f"{name:16} {stage['error']}"); continue
+    print(f"{name:16} {stage['steps']:5d} steps {stage['seconds']:7.1f} s  {1e3 * stage['seconds'] / stage['steps']:6.2f} ms/step")
 tok, task, rng = Tokenizer(), ModularAddition(TaskConfig()), np.random.default_rng(0)
 t = time.perf_counter()
 for _ in range(200):

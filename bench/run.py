@@ -37,7 +37,7 @@ from nanocot.rl import RLConfig  # noqa: E402
 from nanocot.sampling import generate  # noqa: E402
 from nanocot.task import COT, ModularAddition, prompt  # noqa: E402
 from nanocot.tokenizer import Tokenizer  # noqa: E402
-from nanocot.train import make_optimizer, masked_loss  # noqa: E402
+from nanocot.train import fused_adam, make_optimizer, masked_loss  # noqa: E402
 
 NEVER = -1  # a stop id no token has: every row samples its whole budget
 
@@ -129,7 +129,7 @@ def bench_transformers(config, batch, prompts: list[list[int]], budget: int, ste
                            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(hf_config).to(DEVICE).train()
     # the same optimizer as nanocot's step (fused AdamW where torch has it), so the ratio compares the models
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), fused=DEVICE.type in ("cpu", "cuda"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), fused=fused_adam(model))
     x, y, _ = batch
 
     def train_run():

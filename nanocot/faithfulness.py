@@ -27,7 +27,7 @@ from nanocot.sampling import generate
 from nanocot.stats import proportion
 from nanocot.task import COT, Problem, parse_answer, prompt, reduce_chain
 from nanocot.tokenizer import Tokenizer
-from nanocot.trace import Step, Trace, parse_number
+from nanocot.trace import Step, Trace, body, parse_number
 
 Prefix = str | list[int]  # text after the prompt, or token ids (filler digits cannot be written as text)
 
@@ -114,10 +114,6 @@ class OraclePolicy:
 def forced_answers(policy: Policy, problems: list[Problem], bodies: list[Prefix]) -> list[int | None]:
     """The answer written right after each body (which ends with ';'); None if it is not one number."""
     return [parse_number(t.split("\n", 1)[0]) for t in policy.complete(problems, bodies, max_new_tokens=6)]
-
-
-def body(steps) -> str:
-    return ",".join(s.render() for s in steps) + ";"
 
 
 # ---- 2. necessity ------------------------------------------------------------------------------------

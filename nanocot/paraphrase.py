@@ -19,7 +19,7 @@ import re
 from typing import Callable
 
 from nanocot.corpus import number_word
-from nanocot.trace import Step, Trace, parse_step
+from nanocot.trace import Step, Trace, body, parse_step
 
 
 def _parse_body(body: str) -> list[Step] | None:
@@ -113,7 +113,6 @@ def paraphrase_body(paraphraser, trace: Trace, rng: random.Random, fits: Callabl
     the rest stays as written. Returns the new body and how many steps were paraphrased (0: none fit).
     (`words` can triple a trace's length: spelled numbers are one token per letter.)"""
     n = len(trace.steps)
-    body = lambda steps: ",".join(s.render() for s in steps) + ";"
     for j in range(n, 0, -1):
         head = paraphraser(body(trace.steps[:j]), rng)
         if head is None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nanocot.config import TrainConfig
+from nanocot.data import collate
 from nanocot.metrics import cot_completions
 from nanocot.model import GPT
 from nanocot.paraphrase import PARAPHRASERS
@@ -95,16 +96,8 @@ def sequence_logprobs(model: GPT, contexts: list[list[int]], generated: list[lis
     """Per-token log-probs (and entropies) of `generated[i]` after `contexts[i]`, padded: (N, T) each,
     plus the 0/1 mask of real generated tokens."""
     device = next(model.parameters()).device
-    seqs = [c + g for c, g in zip(contexts, generated)]
-    T = max(len(s) for s in seqs) - 1
-    x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    y = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T))
-    for row, (c, s) in enumerate(zip(contexts, seqs)):
-        x[row, : len(s) - 1] = torch.tensor(s[:-1])
-        y[row, : len(s) - 1] = torch.tensor(s[1:])
-        mask[row, len(c) - 1 : len(s) - 1] = 1.0  # positions whose *next* token was generated
-    x, y, mask = x.to(device), y.to(device), mask.to(device)
+    # the supervised stages' padding and shift; the mask is 1 at positions whose *next* token was generated
+    x, y, mask = collate([(c + g, [0] * len(c) + [1] * len(g)) for c, g in zip(contexts, generated)], pad_id, device)
     logp_all = F.log_softmax(model(x).float(), dim=-1)  # (N, T, V)
     logp = logp_all.gather(-1, y[..., None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)

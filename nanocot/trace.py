@@ -32,13 +32,18 @@ class Step:
         return text
 
 
+def body(steps) -> str:
+    """The steps as a trace body, `s1,s2,...;`: what comes before the answer."""
+    return ",".join(s.render() for s in steps) + ";"
+
+
 @dataclass(frozen=True)
 class Trace:
     steps: tuple[Step, ...]
     answer: int
 
     def render(self) -> str:
-        return ",".join(s.render() for s in self.steps) + f";{self.answer}"
+        return body(self.steps) + str(self.answer)
 
 
 def parse_step(text: str) -> Step | None:
