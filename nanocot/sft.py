@@ -100,19 +100,25 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
     readers = [PARAPHRASERS[name] for name in train_cfg.read_paraphrasers.split(",")] \
         if mode == COT and train_cfg.paraphrase_fraction > 0 else []
 
-    def example(problem):
+    def example(problem) -> tuple[bool, tuple[list[int], list[int]]]:
+        """(is it a reading example?, the example)."""
         if readers and rng.random() < train_cfg.paraphrase_fraction:
             paraphraser = readers[int(rng.integers(len(readers)))]
             wording = random.Random(int(rng.integers(2**31)))  # drawn from rng, so --resume replays it exactly
-            return reading_example(tok, problem, paraphraser, wording, model.config.block_size)
-        return task_example(tok, problem, mode)
+            return True, reading_example(tok, problem, paraphraser, wording, model.config.block_size)
+        return False, task_example(tok, problem, mode)
 
     def next_batch(step: int):
         if pool is not None:
             problems = [pool[i] for i in rng.integers(0, len(pool), size=train_cfg.batch_size)]
         else:
             problems = batch_task.sample_train(rng, train_cfg.batch_size)
-        return collate([example(p) for p in problems], tok.pad_id, device)
+        examples = [example(p) for p in problems]
+        # reading examples (paraphrased, often in words) run to ~90 tokens where a trace is ~40: collated
+        # apart, the writing rows are not padded to their length (11.9k -> ~6.5k tokens per warm-up step)
+        groups = [[e for reading, e in examples if reading == kind] for kind in (False, True)]
+        parts = [collate(group, tok.pad_id, device) for group in groups if group]
+        return parts if len(parts) > 1 else parts[0]
 
     test, train_sample = task.test_set(), task.train_sample(1000)
 

@@ -2,7 +2,9 @@
 
 - Flat and in a fixed order, as nanoGPT's: stop?, eval, forward/backward, clip, step, log, checkpoint.
 - The caller supplies `next_batch(step)` (drawing from `rng`) and an optional `evaluate(model) -> dict`, so
-  this file knows nothing about corpora or tasks. It returns the stage's record: curves, tokens, seconds
+  this file knows nothing about corpora or tasks. A step's batch may come as a list of micro-batches (rows of
+  very different lengths collated apart, so short rows are not padded to the longest): their gradients add
+  up to exactly the one-batch mean over all masked tokens. It returns the stage's record: curves, tokens, seconds
   and training FLOPs.
 - Exact resume: `state_dict`-style trainer state (optimizer, step, numpy and torch random streams; the
   numpy stream *is* the data position) is handed to `save(record, state)` every `save_every` steps and
@@ -63,6 +65,21 @@ def masked_loss(model: GPT, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return (per_token * mask).sum() / n, accuracy
 
 
+def accumulate(model: GPT, parts: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward through each micro-batch, weighted by its share of the masked tokens, so the gradient is that
+    of one batch holding every row; returns the step's (detached) loss and token accuracy. One part: exactly
+    `masked_loss(...).backward()` (its weight is 1.0)."""
+    counts = [mask.sum() for _, _, mask in parts]
+    total = torch.stack(counts).sum().clamp(min=1)
+    loss = accuracy = torch.zeros((), device=total.device)
+    for part, count in zip(parts, counts):
+        part_loss, part_accuracy = masked_loss(model, part)
+        weight = count / total
+        (part_loss * weight).backward()
+        loss, accuracy = loss + part_loss.detach() * weight, accuracy + part_accuracy * weight
+    return loss, accuracy
+
+
 @contextmanager
 def stop_requests() -> Iterator[threading.Event]:
     """While active, SIGINT/SIGTERM set the yielded flag instead of raising inside a half-done step; a
@@ -89,7 +106,7 @@ def stop_requests() -> Iterator[threading.Event]:
 def train(
     model: GPT,
     config: TrainConfig,
-    next_batch: Callable[[int], Batch],
+    next_batch: Callable[[int], Batch | list[Batch]],
     evaluate: Callable[[GPT], dict] | None = None,
     desc: str = "train",
     rng: np.random.Generator | None = None,
@@ -126,11 +143,11 @@ def train(
             if evaluate is not None and config.eval_every > 0 and step % config.eval_every == 0:
                 record["eval"].append({"step": step, **_run_eval(model, evaluate)})
             batch = next_batch(step)
+            parts = batch if isinstance(batch, list) else [batch]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
-            loss, accuracy = masked_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, accuracy = accumulate(model, parts)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             # one device->host copy per step (on a GPU each .item() is a full synchronisation)
             loss_value, accuracy_value, norm_value = torch.stack([loss.detach(), accuracy, grad_norm]).tolist()
@@ -140,9 +157,10 @@ def train(
                 raise FloatingPointError(f"non-finite gradient at step {step}")
             optimizer.step()
 
-            B, T = batch[0].shape
-            record["tokens"] += B * T
-            record["flops"] += B * T * model.flops_per_token(T)
+            for x, _, _ in parts:
+                B, T = x.shape
+                record["tokens"] += B * T
+                record["flops"] += B * T * model.flops_per_token(T)
             record["step"].append(step)
             record["loss"].append(loss_value)
             record["token_accuracy"].append(accuracy_value)

@@ -12,7 +12,7 @@ from nanocot.config import CorpusConfig, TaskConfig, TrainConfig
 from nanocot.corpus import corpus_text
 from nanocot.data import CorpusWindows, collate, task_example
 from nanocot.task import COT, DIRECT, Problem, prompt, reference_trace
-from nanocot.train import lr_at, masked_loss
+from nanocot.train import accumulate, lr_at, masked_loss
 
 PROBLEM = Problem((8, 7, 12, 5), 21)
 
@@ -130,6 +130,23 @@ def test_masked_loss_token_accuracy(tok):
     mixed = torch.where(torch.tensor([[True, False, False]]), right, wrong)
     assert masked_loss(model, (x, right, mask))[1].item() == pytest.approx(1.0)
     assert masked_loss(model, (x, mixed, mask))[1].item() == pytest.approx(0.5)
+
+
+def test_micro_batches_give_the_one_batch_gradient(tok):
+    """Rows collated apart (the warm-up's long reading examples) must train exactly like one padded batch:
+    same loss, accuracy and gradient, each token weighted once over the whole step."""
+    model = make_model(len(tok), std=0.1)
+    short = [task_example(tok, PROBLEM, DIRECT), task_example(tok, Problem((3, 4), 12), COT)]
+    long = [task_example(tok, Problem((9, 9, 9, 9), 11), COT)]
+    one_loss, one_acc = masked_loss(model, collate(short + long, tok.pad_id, "cpu"))
+    one_loss.backward()
+    one_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    loss, acc = accumulate(model, [collate(short, tok.pad_id, "cpu"), collate(long, tok.pad_id, "cpu")])
+    assert loss.item() == pytest.approx(one_loss.item(), rel=1e-5)
+    assert acc.item() == pytest.approx(one_acc.item(), rel=1e-5)
+    for p, g in zip(model.parameters(), one_grads):
+        assert torch.allclose(p.grad, g, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ pretraining
