@@ -57,6 +57,9 @@ def parse_args(argv=None):
                    help=f"fewest operands mixed into training (default: {task.min_operands})")
     g.add_argument("--min-modulus", type=int, default=task.min_modulus, help=f"smallest modulus (default: {task.min_modulus})")
     g.add_argument("--max-modulus", type=int, default=task.max_modulus, help=f"largest modulus (default: {task.max_modulus})")
+    g.add_argument("--max-operand", type=int, default=task.max_operand,
+                   help="operands lie in [0, this); 0 = in [0, m), below the modulus (default: "
+                        f"{task.max_operand})")
     g.add_argument("--number-format", choices=NUMBER_FORMATS, default=task.number_format,
                    help=f"numbers as single tokens or as digit characters (default: {task.number_format})")
     g = p.add_argument_group("corpus (pretrain only)")
@@ -84,7 +87,8 @@ def main(argv=None) -> None:
     defaults = STAGE_DEFAULTS[args.stage]
     stage_mix = args.easier_fraction if given and args.stage != "pretrain" else defaults.easier_fraction
     task_cfg = replace(TaskConfig(), num_operands=args.operands, min_operands=args.min_operands,
-                       min_modulus=args.min_modulus, max_modulus=args.max_modulus, easier_fraction=task_mix,
+                       min_modulus=args.min_modulus, max_modulus=args.max_modulus, max_operand=args.max_operand,
+                       easier_fraction=task_mix,
                        number_format=args.number_format)
     try:
         validate(task_cfg)

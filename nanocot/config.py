@@ -48,6 +48,7 @@ class TaskConfig:
     min_operands: int = 2  # easiest k mixed into training batches
     min_modulus: int = 10
     max_modulus: int = 29
+    max_operand: int = 0  # operands lie in [0, max_operand); 0 = in [0, m), the residues of the modulus
     heldout_moduli: tuple[int, ...] = (17, 23)  # never trained on: the "unseen moduli" OOD split
     easier_fraction: float = 0.5  # share of each training batch drawn with k in [min_operands, num_operands)
     test_fraction: float = 0.02  # share of problems (by hash of the whole problem) reserved for testing

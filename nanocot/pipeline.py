@@ -5,12 +5,20 @@ REINFORCE for the small model, then evaluate. Every stage is the same command a 
 (printed before it runs), so the pipeline adds no hidden behaviour; it only skips stages whose finished
 checkpoint exists, resumes ones that were interrupted, and times each. With several seeds it repeats the
 list per seed and summarises every headline number as mean, spread and a 95% interval.
+
+The large model's stages and the small model's never read each other's checkpoints, so by default
+(`jobs=2`) the two chains run side by side, each with half the CPU threads and its output in a log file.
+Models this small use a second thread poorly (per-op overhead, not arithmetic, dominates), so two
+one-thread runs finish sooner than the same runs one after the other with two threads each.
 """
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +44,7 @@ class Stage:
     args: tuple[str, ...]
     output: str  # checkpoint file name inside the checkpoint folder ("" for evaluation)
     resume_flag: str = ""  # flag that continues an interrupted run, if the script has one
+    size: str = ""  # the model preset it trains: stages of one size form a chain
 
 
 def stages(small: str, large: str, quick: bool) -> list[Stage]:
@@ -46,14 +55,24 @@ def stages(small: str, large: str, quick: bool) -> list[Stage]:
 
     def sft(size: str, stage: str) -> Stage:
         return Stage(f"{size}-{stage}", "train_sft.py", ("--size", size, "--stage", stage) + q(stage),
-                     f"{size}-{stage}.pt", "--resume")
+                     f"{size}-{stage}.pt", "--resume", size)
 
     return [
         sft(large, "pretrain"), sft(small, "pretrain"),
         sft(large, "direct"), sft(small, "direct"),
         sft(small, "warmup"),
-        Stage(f"{small}-cot", "train_rl.py", ("--size", small) + q("rl"), f"{small}-cot.pt", "--resume"),
+        Stage(f"{small}-cot", "train_rl.py", ("--size", small) + q("rl"), f"{small}-cot.pt", "--resume", small),
     ]
+
+
+def chains(stage_list: list[Stage]) -> list[list[Stage]]:
+    """The stages grouped by model size, in order. A stage reads only earlier checkpoints of its own size
+    (direct SFT and the warm-up start from that size's pretraining, REINFORCE from the warm-up), so the
+    chains are independent and may run at the same time. (Two presets of one size make one chain.)"""
+    grouped: dict[str, list[Stage]] = {}
+    for stage in stage_list:
+        grouped.setdefault(stage.size, []).append(stage)
+    return list(grouped.values())
 
 
 def checkpoint_state(path: Path) -> str:
@@ -67,51 +86,141 @@ def checkpoint_state(path: Path) -> str:
     return "partial" if ("train_state" in payload or "rl_state" in payload) else "done"
 
 
-def run_script(script: str, args: list[str]) -> None:
-    """Run one of the repository's scripts with this interpreter; a failure stops the pipeline."""
+_print_lock = threading.Lock()
+
+
+def say(text: str) -> None:
+    """print, one whole line at a time when two chains report at once."""
+    with _print_lock:
+        print(text, flush=True)
+
+
+def run_script(script: str, args: list[str], log: Path | None = None, running: dict | None = None) -> None:
+    """Run one of the repository's scripts with this interpreter; a failure stops the pipeline. With `log`,
+    its output goes to that file (tqdm refreshing every 10 s, not 10 times a second) and the process is
+    kept in `running` ({process: log}) while it runs, so a failure elsewhere can stop it cleanly."""
     command = [sys.executable, str(REPO / script), *args]
-    print("$ " + " ".join(["python", script, *args]), flush=True)
-    code = subprocess.call(command, cwd=REPO)
+    say("$ " + " ".join(["python", script, *args]) + (f"    (output: {log})" if log else ""))
+    if log is None:
+        code = subprocess.call(command, cwd=REPO)
+    else:
+        with open(log, "w") as out:
+            process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "TQDM_MININTERVAL": "10"})
+            running[process] = log
+            try:
+                code = process.wait()
+            finally:
+                running.pop(process, None)
     if code != 0:
-        raise StageFailed(script, code)
+        raise StageFailed(script, code, log)
 
 
 class StageFailed(Exception):
-    def __init__(self, script: str, code: int):
-        super().__init__(f"{script} exited with code {code}; its message is above")
+    def __init__(self, script: str, code: int, log: Path | None = None):
+        where = f"the end of {log}:\n" + last_lines(log, 5) if log else "its message is above"
+        super().__init__(f"{script} exited with code {code}; {where}")
         self.code = code
 
 
+def last_lines(path: Path, n: int) -> str:
+    """The last n lines of a log, each tqdm bar reduced to its latest state (bars rewrite one line with \\r)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    lines = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return "\n".join(line for line in lines[-n:] if line.strip())
+
+
 def banner(text: str) -> None:
-    print(f"\n=== {text} " + "=" * max(0, 70 - len(text)), flush=True)
+    say(f"\n=== {text} " + "=" * max(0, 70 - len(text)))
+
+
+def run_stage(stage: Stage, ckpt_dir: Path, flags: list[str], force: bool, timings: dict[str, float],
+              log_dir: Path | None = None, running: dict | None = None) -> None:
+    """One stage unless its finished checkpoint exists; resumes an interrupted one; records its wall time."""
+    path = ckpt_dir / stage.output
+    state = "missing" if force else checkpoint_state(path)
+    if state == "done":
+        banner(f"{stage.name}: {path} exists, skipped (--force redoes it)")
+        return
+    resume = [stage.resume_flag] if state == "partial" and stage.resume_flag else []
+    banner(f"{stage.name}" + (" (resuming)" if resume else ""))
+    start = time.perf_counter()
+    log = log_dir / f"{stage.name}.log" if log_dir else None
+    run_script(stage.script, [*stage.args, *flags, *resume], log, running)
+    timings[stage.name] = time.perf_counter() - start
+    done = f"--- {stage.name} took {timings[stage.name]:.0f} s"
+    say(done + (f": {last_lines(log, 1)}" if log else ""))
+
+
+def run_side_by_side(chain_list: list[list[Stage]], ckpt_dir: Path, flags: list[str], force: bool,
+                     timings: dict[str, float], heartbeat_s: float = 60.0) -> None:
+    """Each chain in its own thread (each stage still a child process with its own log file). If a stage
+    fails, the other chain's running stage is asked to stop (SIGINT: it saves a resumable checkpoint) and
+    the failure is raised; every `heartbeat_s` the running stages' progress bars are printed."""
+    log_dir = ckpt_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    running: dict[subprocess.Popen, Path] = {}
+    failures: list[StageFailed] = []
+
+    def stop_others() -> None:
+        for process in list(running):
+            process.send_signal(signal.SIGINT)
+
+    def work(chain: list[Stage]) -> None:
+        for stage in chain:
+            if failures:
+                return
+            try:
+                run_stage(stage, ckpt_dir, flags, force, timings, log_dir, running)
+            except StageFailed as failure:
+                failures.append(failure)
+                stop_others()
+                return
+
+    threads = [threading.Thread(target=work, args=(chain,), daemon=True) for chain in chain_list]
+    for thread in threads:
+        thread.start()
+    try:
+        while alive := [thread for thread in threads if thread.is_alive()]:
+            alive[0].join(timeout=heartbeat_s)
+            bars = [f"{log.stem}: {bar}" for log in list(running.values()) if (bar := last_lines(log, 1))]
+            if bars and any(thread.is_alive() for thread in threads):
+                say("... " + " | ".join(bars))
+    except KeyboardInterrupt:
+        stop_others()  # the terminal's Ctrl-C reached them too; a SIGINT sent to this process alone did not
+        for thread in threads:
+            thread.join()
+        raise
+    if failures:
+        raise failures[0]
 
 
 def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small: str, large: str,
-             quick: bool, force: bool) -> dict[str, float]:
-    """Every stage for one seed; returns the wall time of each stage that ran (seconds)."""
-    timings, ran_any = {}, False
+             quick: bool, force: bool, jobs: int = 1) -> dict[str, float]:
+    """Every stage for one seed; returns the wall time of each stage that ran (seconds). jobs >= 2 runs the
+    large and the small model's chains side by side, each with 1/jobs of the CPU threads unless --threads
+    was given."""
+    timings: dict[str, float] = {}
     seed_flags = ["--seed", str(seed), "--ckpt-dir", str(ckpt_dir), *common]
-    for stage in stages(small, large, quick):
-        path = ckpt_dir / stage.output
-        state = "missing" if force else checkpoint_state(path)
-        if state == "done":
-            banner(f"{stage.name}: {path} exists, skipped (--force redoes it)")
-            continue
-        resume = [stage.resume_flag] if state == "partial" and stage.resume_flag else []
-        banner(f"{stage.name}" + (" (resuming)" if resume else ""))
-        start = time.perf_counter()
-        run_script(stage.script, [*stage.args, *seed_flags, *resume])
-        timings[stage.name] = time.perf_counter() - start
-        print(f"--- {stage.name} took {timings[stage.name]:.0f} s", flush=True)
-        ran_any = True
+    todo = stages(small, large, quick)
+    if jobs > 1 and len(chains(todo)) > 1:
+        if "--threads" not in common:
+            seed_flags += ["--threads", str(max(1, (os.cpu_count() or 1) // jobs))]
+        run_side_by_side(chains(todo), ckpt_dir, seed_flags, force, timings)
+    else:
+        for stage in todo:
+            run_stage(stage, ckpt_dir, seed_flags, force, timings)
     metrics = out_dir / "metrics.json"
-    if ran_any or force or not metrics.exists():
+    if timings or force or not metrics.exists():
         banner("evaluate")
         start = time.perf_counter()
         run_script("evaluate.py", ["--ckpt-dir", str(ckpt_dir), "--out", str(out_dir), "--seed", str(seed), *common,
                                    *(["--quick"] if quick else [])])
         timings["evaluate"] = time.perf_counter() - start
-        print(f"--- evaluate took {timings['evaluate']:.0f} s", flush=True)
+        say(f"--- evaluate took {timings['evaluate']:.0f} s")
     else:
         banner(f"evaluate: {metrics} exists and no stage ran, skipped (--force redoes it)")
     return timings

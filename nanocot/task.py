@@ -107,6 +107,10 @@ class ModularAddition:
             m for m in range(config.min_modulus, config.max_modulus + 1) if m not in config.heldout_moduli
         ]
 
+    def operand_bound(self, modulus: int) -> int:
+        """In distribution, operands lie in [0, this)."""
+        return self.config.max_operand or modulus
+
     def is_test(self, problem: Problem) -> bool:
         key = f"{self.config.split_seed}|{problem.operands}|{problem.modulus}".encode()
         bucket = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 1_000_000
@@ -124,7 +128,7 @@ class ModularAddition:
                 num = cfg.num_operands
             # indexing with rng.integers draws the same stream as rng.choice(list), ~10x faster per call
             m = self.train_moduli[int(rng.integers(len(self.train_moduli)))]
-            problem = Problem(tuple(rng.integers(0, m, size=num).tolist()), m)
+            problem = Problem(tuple(rng.integers(0, self.operand_bound(m), size=num).tolist()), m)
             if not self.is_test(problem):
                 problems.append(problem)
         return problems
@@ -137,7 +141,8 @@ class ModularAddition:
         while len(problems) < size:
             # candidates in vectorised chunks (only ~test_fraction of them are test problems)
             moduli = rng.choice(self.train_moduli, size=4096)
-            operands = (rng.random((4096, self.config.num_operands)) * moduli[:, None]).astype(np.int64)
+            bounds = np.full_like(moduli, self.config.max_operand) if self.config.max_operand else moduli
+            operands = (rng.random((4096, self.config.num_operands)) * bounds[:, None]).astype(np.int64)
             for ops, m in zip(operands.tolist(), moduli.tolist()):
                 problem = Problem(tuple(ops), m)
                 if self.is_test(problem) and problem not in seen:
@@ -161,27 +166,29 @@ class ModularAddition:
         def draw(make) -> list[Problem]:
             return [make() for _ in range(size)]
 
-        def negative() -> Problem:  # operands in (-m, m), at least one negative
+        def negative() -> Problem:  # operands in (-b, b), at least one negative (b = the operand bound)
             m = int(rng.choice(self.train_moduli))
+            b = self.operand_bound(m)
             while True:
-                ops = tuple(int(x) for x in rng.integers(-m + 1, m, size=k))
+                ops = tuple(int(x) for x in rng.integers(-b + 1, b, size=k))
                 if min(ops) < 0:
                     return Problem(ops, m)
 
-        def larger() -> Problem:  # operands in [0, 2m), at least one >= m (the seed's 6 + 2 mod 5)
+        def larger() -> Problem:  # operands in [0, 2b), at least one >= b (the seed's 6 + 2 mod 5)
             m = int(rng.choice(self.train_moduli))
+            b = self.operand_bound(m)
             while True:
-                ops = tuple(int(x) for x in rng.integers(0, 2 * m, size=k))
-                if max(ops) >= m:
+                ops = tuple(int(x) for x in rng.integers(0, 2 * b, size=k))
+                if max(ops) >= b:
                     return Problem(ops, m)
 
         def unseen_moduli() -> Problem:
             m = int(rng.choice(list(cfg.heldout_moduli)))
-            return Problem(tuple(int(x) for x in rng.integers(0, m, size=k)), m)
+            return Problem(tuple(int(x) for x in rng.integers(0, self.operand_bound(m), size=k)), m)
 
         def more_operands() -> Problem:
             m = int(rng.choice(self.train_moduli))
-            return Problem(tuple(int(x) for x in rng.integers(0, m, size=k + 2)), m)
+            return Problem(tuple(int(x) for x in rng.integers(0, self.operand_bound(m), size=k + 2)), m)
 
         splits = {"negative": draw(negative), "larger": draw(larger), "more_operands": draw(more_operands)}
         if cfg.heldout_moduli:
@@ -203,13 +210,16 @@ def validate(config: TaskConfig) -> None:
         raise ValueError(f"number format must be one of {NUMBER_FORMATS}, got {config.number_format!r}")
     if not 0.0 < config.test_fraction < 0.5:
         raise ValueError(f"test fraction must be in (0, 0.5), got {config.test_fraction}")
-    if 3 * config.max_modulus - 2 > MAX_NUMBER:  # the "larger" OOD split's running sums reach 3m - 2
-        raise ValueError(f"max modulus must be <= {(MAX_NUMBER + 2) // 3} so every number stays in the vocabulary")
+    if config.max_operand < 0 or config.max_operand == 1:
+        raise ValueError(f"max operand must be 0 (operands below the modulus) or >= 2, got {config.max_operand}")
+    # the "larger" OOD split's running sums reach (m - 1) + (2b - 1), b = the operand bound (m by default)
+    if config.max_modulus + 2 * (config.max_operand or config.max_modulus) - 2 > MAX_NUMBER:
+        raise ValueError(f"max modulus + 2 x max operand must be <= {MAX_NUMBER + 2} so every number stays in the vocabulary")
     if config.num_operands > MAX_OPERANDS:
         raise ValueError(f"at most {MAX_OPERANDS} operands fit the models' context (with the OOD +2), got {config.num_operands}")
     train = [m for m in range(config.min_modulus, config.max_modulus + 1) if m not in config.heldout_moduli]
     if not train:
         raise ValueError("every modulus is held out: nothing is left to train on")
-    test_problems = sum(m**config.num_operands for m in train) * config.test_fraction
+    test_problems = sum((config.max_operand or m) ** config.num_operands for m in train) * config.test_fraction
     if test_problems < 2 * config.test_size:
         raise ValueError(f"only about {test_problems:.0f} test problems exist for this range; widen the moduli or use more operands")

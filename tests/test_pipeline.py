@@ -7,7 +7,8 @@ import torch
 
 from nanocot import checkpoint
 from nanocot.__main__ import main as pipeline_main
-from nanocot.pipeline import checkpoint_state, flatten, stages, summarise
+from nanocot import pipeline
+from nanocot.pipeline import Stage, StageFailed, chains, checkpoint_state, flatten, stages, summarise
 from tests.conftest import cli_exit_code
 
 
@@ -15,6 +16,35 @@ def test_stages_cover_the_experiment_in_order():
     names = [s.name for s in stages("small", "large", quick=False)]
     assert names == ["large-pretrain", "small-pretrain", "large-direct", "small-direct", "small-warmup", "small-cot"]
     assert all(s.output == f"{s.name}.pt" for s in stages("small", "large", quick=False))
+
+
+def test_chains_split_by_size_and_keep_order():
+    """The two chains that run side by side: each reads only its own earlier checkpoints."""
+    names = [[s.name for s in chain] for chain in chains(stages("small", "large", quick=False))]
+    assert names == [["large-pretrain", "large-direct"], ["small-pretrain", "small-direct", "small-warmup", "small-cot"]]
+    assert len(chains(stages("tiny", "tiny", quick=True))) == 1  # one preset for both: one chain, never two writers
+
+
+def test_a_failing_chain_stops_the_other_cleanly(tmp_path, monkeypatch):
+    """One chain fails: its error is raised with the end of its log, and the other chain's running stage is
+    sent SIGINT (the training scripts save a resumable checkpoint on it) instead of running to the end."""
+    import time
+
+    (tmp_path / "slow.py").write_text(
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *_: (print('saved, stopping'), sys.exit(130)))\n"
+        "print('working', flush=True)\ntime.sleep(60)\n")
+    (tmp_path / "bad.py").write_text("import sys, time\ntime.sleep(1)\nprint('error: bad input', file=sys.stderr)\nsys.exit(2)\n")
+    monkeypatch.setattr(pipeline, "REPO", tmp_path)
+    chain_list = [[Stage("a-slow", "slow.py", (), "a.pt", size="a")], [Stage("b-bad", "bad.py", (), "b.pt", size="b"),
+                                                                       Stage("b-never", "slow.py", (), "c.pt", size="b")]]
+    start, timings = time.perf_counter(), {}
+    with pytest.raises(StageFailed) as failure:
+        pipeline.run_side_by_side(chain_list, tmp_path, [], False, timings, heartbeat_s=0.5)
+    assert time.perf_counter() - start < 30
+    assert failure.value.code == 2 and "error: bad input" in str(failure.value)
+    assert "saved, stopping" in (tmp_path / "logs" / "a-slow.log").read_text()
+    assert not (tmp_path / "logs" / "b-never.log").exists() and timings == {}
 
 
 def test_quick_stages_pass_small_budgets_and_full_ones_pass_none():
@@ -54,7 +84,7 @@ def test_summarise_mean_interval_and_common_keys():
 
 @pytest.mark.parametrize("argv", [
     ["--seeds", "a,b"], ["--seeds", ""], ["--seeds", "1,1"], ["--seeds", "-1"],
-    ["--small", "huge"], ["--threads", "-1"], ["--bogus"],
+    ["--small", "huge"], ["--threads", "-1"], ["--jobs", "0"], ["--bogus"],
 ])
 def test_bad_input_exits_2_with_one_line(argv, tmp_path, capsys):
     code = cli_exit_code(pipeline_main, argv + ["--ckpt-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")])

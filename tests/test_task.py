@@ -167,6 +167,25 @@ def test_training_distribution(task):
     assert abs(share_easier - cfg.easier_fraction) < 0.05
 
 
+def test_max_operand_decouples_operands_from_the_modulus():
+    """max_operand = b: operands in [0, b) for every modulus, in training, test and the OOD splits' bounds."""
+    from dataclasses import replace
+
+    cfg = replace(TaskConfig(), max_operand=64)
+    wide = ModularAddition(cfg)
+    problems = wide.sample_train(np.random.default_rng(0), 3000)
+    operands = [x for p in problems for x in p.operands]
+    assert min(operands) == 0 and max(operands) == 63
+    assert any(x >= p.modulus for p in problems for x in p.operands)
+    test = wide.test_set(300)
+    assert all(wide.is_test(p) and max(p.operands) < 64 for p in test)
+    assert not set(test) & set(problems)
+    ood = wide.ood_splits(100)
+    assert all(min(p.operands) < 0 and min(p.operands) > -64 for p in ood["negative"])
+    assert all(64 <= max(p.operands) < 128 for p in ood["larger"])
+    assert ModularAddition(TaskConfig()).operand_bound(21) == 21, "the default keeps operands below m"
+
+
 def test_unseen_moduli_never_trained_on(task, test_set, ood):
     held = set(TaskConfig().heldout_moduli)
     rng = np.random.default_rng(5)
@@ -198,6 +217,7 @@ def test_ood_problems_are_out_of_distribution(ood):
     dict(min_modulus=1), dict(min_modulus=20, max_modulus=12), dict(easier_fraction=1.5),
     dict(min_operands=1), dict(min_operands=5), dict(test_fraction=0.0),
     dict(min_modulus=17, max_modulus=17),  # every modulus held out
+    dict(max_operand=1), dict(max_operand=-3), dict(max_operand=90),  # 90: OOD sums leave the vocabulary
 ])
 def test_validate_rejects_impossible_settings(bad):
     from dataclasses import replace
