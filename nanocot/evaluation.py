@@ -117,6 +117,7 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
             else:
                 metrics["black_box"][e.name] = _black_box(e, tok, task, splits, sizes, metrics["models"][e.name], out)
         metrics["compute"][e.name] = _compute(e, tok, splits["test"], texts.get("test"))
+    metrics["training"] = _training(entries, out)
     plots.plot_accuracy(metrics, out / "accuracy.png")
     plots.plot_compute(metrics, out / "compute.png")
     if metrics["faithfulness"]:
@@ -126,6 +127,34 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
     if any("probes" in b for b in metrics["black_box"].values()):
         plots.plot_probes(metrics["black_box"], out / "probes.png")
     return metrics
+
+
+def _training(entries: list[Entry], out: Path) -> dict:
+    """How each evaluated model was made, from its checkpoint's history (steps and seconds per stage), and the
+    training curves drawn from the records the checkpoints carry: pretraining loss of every size (read from
+    <size>-pretrain.pt beside them), direct SFT of every size, and the REINFORCE run."""
+    folder = entries[0].path.parent
+    pretrain = {}
+    for path in sorted(folder.glob("*-pretrain.pt")):
+        try:
+            pretrain[path.stem.rsplit("-", 1)[0]] = checkpoint.load(path, finished=True)["record"]
+        except (checkpoint.CheckpointError, KeyError):
+            continue  # an unfinished or foreign pretraining checkpoint has no curve to show
+    direct = {e.name: e.payload["record"] for e in entries if e.name.endswith("-direct") and e.payload.get("record", {}).get("eval")}
+    rl = [e for e in entries if e.name.endswith("-cot") and "steps" in e.payload.get("record", {})]
+    drawn = []
+    if pretrain:
+        plots.plot_pretraining(pretrain, out / "pretraining.png")
+        drawn.append("pretraining.png")
+    if direct:
+        plots.plot_direct_comparison(direct, out / "direct_sft.png")
+        drawn.append("direct_sft.png")
+    for e in rl:
+        plots.plot_rl(e.payload["record"], out / f"rl-{e.name}.png", f"{e.name}: REINFORCE")
+        drawn.append(f"rl-{e.name}.png")
+    history = {e.name: [{k: h[k] for k in ("stage", "steps", "seconds")} for h in e.payload.get("history", [])]
+               for e in entries}
+    return {"history": history, "plots": drawn}
 
 
 def _accuracy(e: Entry, tok: Tokenizer, splits: dict[str, list[Problem]]) -> tuple[dict, dict]:

@@ -63,6 +63,18 @@ def plot_rl(record: dict, path: str | Path, title: str) -> None:
     _save(fig, path)
 
 
+def plot_pretraining(records: dict[str, dict], path: str | Path) -> None:
+    """Pretraining loss of every size on one chart: what the toy corpus taught each before any task."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, record in sorted(records.items()):
+        loss = smooth(record["loss"])
+        ax.plot(np.arange(len(loss)) + (len(record["loss"]) - len(loss)), loss, label=name)
+    ax.set(xlabel="pretraining step", ylabel="training loss (nats/token, smoothed)", yscale="log",
+           title="pretraining on the toy corpus")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def plot_direct_comparison(records: dict[str, dict], path: str | Path) -> None:
     """Direct-answer SFT of every size on one chart: held-out (solid) and train (dashed) accuracy vs step.
     The premise reads off it: large rises, small stays flat at a budget several times larger."""

@@ -59,7 +59,19 @@ def build(metrics: dict) -> str:
         lines += _faithfulness_section(metrics, name)
     lines += _black_box_section(metrics)
     lines += _compute_section(metrics)
+    lines += _training_section(metrics)
     return "\n".join(lines) + "\n"
+
+
+def _training_section(metrics: dict) -> list[str]:
+    """How each model was made (stages, steps, seconds) and its training curves."""
+    training = metrics.get("training")
+    if not training:
+        return []
+    rows = [[name, " -> ".join(f"{h['stage']} {h['steps']:,} steps ({h['seconds']:.0f} s)" for h in history)]
+            for name, history in training["history"].items()]
+    lines = ["## Training: how each model was made", ""] + _table(["model", "stages"], rows) + [""]
+    return lines + [f"![{name.removesuffix('.png')}]({name})" for name in training["plots"]] + [""]
 
 
 def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ def ckpt_dir(tmp_path_factory, tiny_pretrain_payload):
     folder = tmp_path_factory.mktemp("ckpts")
     for stage in ("direct", "cot"):
         checkpoint.save(folder / f"tiny-{stage}.pt", {**tiny_pretrain_payload, "stage": stage})
+    checkpoint.save(folder / "tiny-pretrain.pt", tiny_pretrain_payload)  # not evaluated; its loss curve is drawn
     return folder
 
 
@@ -51,8 +52,10 @@ def test_quick_run_writes_the_contract(ckpt_dir, tmp_path, capsys):
     assert all(0.0 <= metrics["monitor"]["tiny-cot"][k] <= 1.0 for k in ("step_validity", "consistency"))
     report = (out / "report.md").read_text()
     assert "## 2. Verdicts" in report and "(c) faithful (tiny-cot)" in report
+    assert "## Training: how each model was made" in report and "![pretraining](pretraining.png)" in report
+    assert metrics["training"]["history"]["tiny-cot"][0]["stage"] == "pretrain"
     for png in ("accuracy.png", "compute.png", "mistakes.png", "early_answering.png", "paraphrase.png", "probes.png",
-                "attention-tiny-direct.png"):
+                "attention-tiny-direct.png", "pretraining.png"):
         assert (out / png).stat().st_size > 1000
 
 
