@@ -117,7 +117,7 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
             else:
                 metrics["black_box"][e.name] = _black_box(e, tok, task, splits, sizes, metrics["models"][e.name], out)
         metrics["compute"][e.name] = _compute(e, tok, splits["test"], texts.get("test"))
-    metrics["training"] = _training(entries, out)
+    metrics["training"] = _training(entries, metrics["compute"], out)
     plots.plot_accuracy(metrics, out / "accuracy.png")
     plots.plot_compute(metrics, out / "compute.png")
     if metrics["faithfulness"]:
@@ -129,10 +129,10 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
     return metrics
 
 
-def _training(entries: list[Entry], out: Path) -> dict:
-    """How each evaluated model was made, from its checkpoint's history (steps and seconds per stage), and the
-    training curves drawn from the records the checkpoints carry: pretraining loss of every size (read from
-    <size>-pretrain.pt beside them), direct SFT of every size, and the REINFORCE run."""
+def _training(entries: list[Entry], compute: dict, out: Path) -> dict:
+    """How each evaluated model was made: its stages (the compute section's per-stage list, from the
+    checkpoint's history) and the training curves drawn from the records the checkpoints carry: pretraining
+    loss of every size (read from <size>-pretrain.pt beside them), direct SFT of every size, the REINFORCE run."""
     folder = entries[0].path.parent
     pretrain = {}
     for path in sorted(folder.glob("*-pretrain.pt")):
@@ -152,9 +152,7 @@ def _training(entries: list[Entry], out: Path) -> dict:
     for e in rl:
         plots.plot_rl(e.payload["record"], out / f"rl-{e.name}.png", f"{e.name}: REINFORCE")
         drawn.append(f"rl-{e.name}.png")
-    history = {e.name: [{k: h[k] for k in ("stage", "steps", "seconds")} for h in e.payload.get("history", [])]
-               for e in entries}
-    return {"history": history, "plots": drawn}
+    return {"history": {name: c["stages"] for name, c in compute.items()}, "plots": drawn}
 
 
 def _accuracy(e: Entry, tok: Tokenizer, splits: dict[str, list[Problem]]) -> tuple[dict, dict]:

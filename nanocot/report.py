@@ -68,9 +68,8 @@ def _training_section(metrics: dict) -> list[str]:
     training = metrics.get("training")
     if not training:
         return []
-    rows = [[name, " -> ".join(f"{h['stage']} {h['steps']:,} steps ({h['seconds']:.0f} s)" for h in history)]
-            for name, history in training["history"].items()]
-    lines = ["## Training: how each model was made", ""] + _table(["model", "stages"], rows) + [""]
+    lines = ["## Training: how each model was made", "",
+             "Each model's stages, with their steps and seconds, are in the compute table above.", ""]
     return lines + [f"![{name.removesuffix('.png')}]({name})" for name in training["plots"]] + [""]
 
 
@@ -205,9 +204,12 @@ def _black_box_section(metrics: dict) -> list[str]:
 
 
 def _compute_section(metrics: dict) -> list[str]:
-    rows = [[n, f"{c['params']:,}", f"{c['train_flops']:.3g}", f"{c['train_seconds']:.0f}",
-             " + ".join(f"{s['stage']} {s['seconds']:.0f}s" for s in c["stages"]), f"{c['inference_tokens_per_answer']:.1f}",
-             f"{c['inference_flops_per_answer']:.3g}"] for n, c in metrics["compute"].items()]
+    def stages(c: dict) -> str:
+        return " + ".join(f"{s['stage']} {s['steps'] or 0:,} steps {s['seconds']:.0f}s" for s in c["stages"])
+
+    rows = [[n, f"{c['params']:,}", f"{c['train_flops']:.3g}", f"{c['train_seconds']:.0f}", stages(c),
+             f"{c['inference_tokens_per_answer']:.1f}", f"{c['inference_flops_per_answer']:.3g}"]
+            for n, c in metrics["compute"].items()]
     return ["## 6. Compute", ""] + _table(["model", "params", "train FLOPs", "train s", "stages", "generated tokens / answer",
                                             "inference FLOPs / answer"], rows) + ["", "![compute](compute.png)", ""]
 

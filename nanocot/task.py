@@ -97,6 +97,11 @@ def reward(problem: Problem, text: str, mode: str = COT) -> float:
     return 1.0 if parse_answer(text, mode) == problem.answer else 0.0
 
 
+def operand_bound(config: TaskConfig, modulus: int) -> int:
+    """In distribution, operands lie in [0, this): max_operand if set, else the modulus."""
+    return config.max_operand or modulus
+
+
 class ModularAddition:
     """Owns the task's problem distribution and its splits."""
 
@@ -108,8 +113,7 @@ class ModularAddition:
         ]
 
     def operand_bound(self, modulus: int) -> int:
-        """In distribution, operands lie in [0, this)."""
-        return self.config.max_operand or modulus
+        return operand_bound(self.config, modulus)
 
     def is_test(self, problem: Problem) -> bool:
         key = f"{self.config.split_seed}|{problem.operands}|{problem.modulus}".encode()
@@ -141,8 +145,8 @@ class ModularAddition:
         while len(problems) < size:
             # candidates in vectorised chunks (only ~test_fraction of them are test problems)
             moduli = rng.choice(self.train_moduli, size=4096)
-            bounds = np.full_like(moduli, self.config.max_operand) if self.config.max_operand else moduli
-            operands = (rng.random((4096, self.config.num_operands)) * bounds[:, None]).astype(np.int64)
+            bounds = np.reshape(operand_bound(self.config, moduli), (-1, 1))  # max_operand, or each row's modulus
+            operands = (rng.random((4096, self.config.num_operands)) * bounds).astype(np.int64)
             for ops, m in zip(operands.tolist(), moduli.tolist()):
                 problem = Problem(tuple(ops), m)
                 if self.is_test(problem) and problem not in seen:
@@ -213,13 +217,13 @@ def validate(config: TaskConfig) -> None:
     if config.max_operand < 0 or config.max_operand == 1:
         raise ValueError(f"max operand must be 0 (operands below the modulus) or >= 2, got {config.max_operand}")
     # the "larger" OOD split's running sums reach (m - 1) + (2b - 1), b = the operand bound (m by default)
-    if config.max_modulus + 2 * (config.max_operand or config.max_modulus) - 2 > MAX_NUMBER:
+    if config.max_modulus + 2 * operand_bound(config, config.max_modulus) - 2 > MAX_NUMBER:
         raise ValueError(f"max modulus + 2 x max operand must be <= {MAX_NUMBER + 2} so every number stays in the vocabulary")
     if config.num_operands > MAX_OPERANDS:
         raise ValueError(f"at most {MAX_OPERANDS} operands fit the models' context (with the OOD +2), got {config.num_operands}")
     train = [m for m in range(config.min_modulus, config.max_modulus + 1) if m not in config.heldout_moduli]
     if not train:
         raise ValueError("every modulus is held out: nothing is left to train on")
-    test_problems = sum((config.max_operand or m) ** config.num_operands for m in train) * config.test_fraction
+    test_problems = sum(operand_bound(config, m) ** config.num_operands for m in train) * config.test_fraction
     if test_problems < 2 * config.test_size:
         raise ValueError(f"only about {test_problems:.0f} test problems exist for this range; widen the moduli or use more operands")

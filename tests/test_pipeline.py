@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from nanocot import checkpoint
+from nanocot import checkpoint, pipeline
 from nanocot.__main__ import main as pipeline_main
-from nanocot import pipeline
 from nanocot.pipeline import Stage, StageFailed, chains, checkpoint_state, flatten, stages, summarise
 from tests.conftest import cli_exit_code
 
