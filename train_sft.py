@@ -60,6 +60,8 @@ def parse_args(argv=None):
     g.add_argument("--max-operand", type=int, default=task.max_operand,
                    help="operands lie in [0, this); 0 = in [0, m), below the modulus (default: "
                         f"{task.max_operand})")
+    g.add_argument("--modulus-first", action="store_true", default=task.modulus_first,
+                   help="write the modulus before the operands ('%%21 8+7+12+5=' instead of '8+7+12+5%%21=')")
     g.add_argument("--number-format", choices=NUMBER_FORMATS, default=task.number_format,
                    help=f"numbers as single tokens or as digit characters (default: {task.number_format})")
     g = p.add_argument_group("corpus (pretrain only)")
@@ -88,7 +90,7 @@ def main(argv=None) -> None:
     stage_mix = args.easier_fraction if given and args.stage != "pretrain" else defaults.easier_fraction
     task_cfg = replace(TaskConfig(), num_operands=args.operands, min_operands=args.min_operands,
                        min_modulus=args.min_modulus, max_modulus=args.max_modulus, max_operand=args.max_operand,
-                       easier_fraction=task_mix,
+                       modulus_first=args.modulus_first, easier_fraction=task_mix,
                        number_format=args.number_format)
     try:
         validate(task_cfg)

@@ -49,6 +49,9 @@ class TaskConfig:
     min_modulus: int = 10
     max_modulus: int = 29
     max_operand: int = 0  # operands lie in [0, max_operand); 0 = in [0, m), the residues of the modulus
+    # write the modulus before the operands ("%21 8+7+12+5=") instead of after ("8+7+12+5%21="): a causal model
+    # then knows m at every operand, so a second layer can reduce each operand before the first adds them
+    modulus_first: bool = False
     heldout_moduli: tuple[int, ...] = (17, 23)  # never trained on: the "unseen moduli" OOD split
     easier_fraction: float = 0.5  # share of each training batch drawn with k in [min_operands, num_operands)
     test_fraction: float = 0.02  # share of problems (by hash of the whole problem) reserved for testing

@@ -4,7 +4,7 @@ What a small web-like text teaches before any task training (shares are of all l
 (The held-out moduli of the task never appear as a modulus anywhere in the text.)
 - prose (~30%): short sentences about people, animals and things, some with arithmetic in words
   ("ana has 3 pears and gets 4 more, so she has 7 pears.") and number words ("twelve is 12.");
-- arithmetic facts (~45%): additions "17+25=42", subtractions "27-21=6", modular remainders
+- arithmetic facts (~45%): additions "17+25=42", subtractions "27-21=6" (every one a trace needs), modular remainders
   "27%21=6", running sums without a modulus "3+4=7,7+9=16";
 - worked one-step modular problems (~25%) in the task's CoT format, "\\n8+7%12:8+7=15-12=3;3", and its
   direct format "\\n8+7%12=3": the model sees the format and the single step, never a chain of steps;
@@ -58,14 +58,15 @@ def _prose(rng: np.random.Generator, moduli: list[int]) -> str:
     return f"a clock with {m} hours shows {h % m} after {h} hours."
 
 
-def _fact(rng: np.random.Generator, moduli: list[int]) -> str:
+def _fact(rng: np.random.Generator, moduli: list[int], bound: int) -> str:
+    """One arithmetic fact; `bound` is the task's max_operand (0: operands below m)."""
     kind = int(rng.integers(4))
     if kind == 0:
         a, b = (int(x) for x in rng.integers(0, 60, size=2))
         return f"{a}+{b}={a + b}"
-    if kind == 1:
+    if kind == 1:  # every subtraction a reference trace makes: a first sum x1 + x2 reaches 2b - 2
         m = int(rng.choice(moduli))
-        total = int(rng.integers(m, 2 * m))
+        total = int(rng.integers(m, 2 * max(m, bound)))
         return f"{total}-{m}={total - m}"
     if kind == 2:
         m = int(rng.choice(moduli))
@@ -100,7 +101,7 @@ def generate_lines(config: CorpusConfig, task_config: TaskConfig) -> list[str]:
         elif u < 0.30:
             lines.append(_prose(rng, moduli))
         elif u < 0.75:
-            lines.append(_fact(rng, moduli))
+            lines.append(_fact(rng, moduli, task_config.max_operand))
         else:
             lines.append(_one_step_problem(rng, task))
     return lines

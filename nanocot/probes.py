@@ -13,6 +13,7 @@
 """
 
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 
@@ -53,8 +54,8 @@ def by_distance(problems: list[Problem], correct: list[bool]) -> dict:
 def symmetry(model: GPT, tok: Tokenizer, problems: list[Problem]) -> dict:
     """Self-agreement under x1 -> x1 + m (periodicity) and under reversed operand order (commutativity)."""
     base = direct_answers(model, tok, problems)
-    shifted = direct_answers(model, tok, [Problem((p.operands[0] + p.modulus,) + p.operands[1:], p.modulus) for p in problems])
-    swapped = direct_answers(model, tok, [Problem(p.operands[::-1], p.modulus) for p in problems])
+    shifted = direct_answers(model, tok, [replace(p, operands=(p.operands[0] + p.modulus,) + p.operands[1:]) for p in problems])
+    swapped = direct_answers(model, tok, [replace(p, operands=p.operands[::-1]) for p in problems])
     return {"periodicity": proportion(a == b for a, b in zip(base, shifted)),
             "commutativity": proportion(a == b for a, b in zip(base, swapped))}
 

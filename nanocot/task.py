@@ -4,6 +4,7 @@
   (CALIBRATION.md: a prompt that does not look like the corpus loses the pretrained skills):
       direct:  "\\n8+7+12+5%21="  ->  "11\\n"
       cot:     "\\n8+7+12+5%21:"  ->  "8+7=15,15+12=27-21=6,6+5=11;11\\n"
+  With `TaskConfig.modulus_first` the modulus leads ("\\n%21 8+7+12+5="); the completions are the same.
 - The reference trace is a running sum, one step per operand, each step reduced into [0, m) by repeated
   subtraction (or addition, for negative sums) of m. It ends with ";answer".
 - The train/test split is by the *whole problem* (a keyed hash of operands and modulus), so no test problem
@@ -32,13 +33,15 @@ _COT_ANSWER = re.compile(rf"^([^;\n]+);{_INT}$")
 class Problem:
     operands: tuple[int, ...]
     modulus: int
+    modulus_first: bool = False  # how the prompt writes it (TaskConfig.modulus_first); not part of the maths
 
     @property
     def answer(self) -> int:
         return sum(self.operands) % self.modulus  # Python's % is in [0, m) for negative sums too
 
     def expression(self) -> str:
-        return "+".join(str(x) for x in self.operands) + f"%{self.modulus}"
+        terms = "+".join(str(x) for x in self.operands)
+        return f"%{self.modulus} {terms}" if self.modulus_first else f"{terms}%{self.modulus}"
 
 
 def prompt(problem: Problem, mode: str) -> str:
@@ -115,6 +118,10 @@ class ModularAddition:
     def operand_bound(self, modulus: int) -> int:
         return operand_bound(self.config, modulus)
 
+    def problem(self, operands, modulus: int) -> Problem:
+        """A problem written in this task's prompt layout."""
+        return Problem(tuple(int(x) for x in operands), int(modulus), self.config.modulus_first)
+
     def is_test(self, problem: Problem) -> bool:
         key = f"{self.config.split_seed}|{problem.operands}|{problem.modulus}".encode()
         bucket = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % 1_000_000
@@ -132,7 +139,7 @@ class ModularAddition:
                 num = cfg.num_operands
             # indexing with rng.integers draws the same stream as rng.choice(list), ~10x faster per call
             m = self.train_moduli[int(rng.integers(len(self.train_moduli)))]
-            problem = Problem(tuple(rng.integers(0, self.operand_bound(m), size=num).tolist()), m)
+            problem = self.problem(rng.integers(0, self.operand_bound(m), size=num).tolist(), m)
             if not self.is_test(problem):
                 problems.append(problem)
         return problems
@@ -148,7 +155,7 @@ class ModularAddition:
             bounds = np.reshape(operand_bound(self.config, moduli), (-1, 1))  # max_operand, or each row's modulus
             operands = (rng.random((4096, self.config.num_operands)) * bounds).astype(np.int64)
             for ops, m in zip(operands.tolist(), moduli.tolist()):
-                problem = Problem(tuple(ops), m)
+                problem = self.problem(ops, m)
                 if self.is_test(problem) and problem not in seen:
                     seen.add(problem)
                     problems.append(problem)
@@ -176,7 +183,7 @@ class ModularAddition:
             while True:
                 ops = tuple(int(x) for x in rng.integers(-b + 1, b, size=k))
                 if min(ops) < 0:
-                    return Problem(ops, m)
+                    return self.problem(ops, m)
 
         def larger() -> Problem:  # operands in [0, 2b), at least one >= b (the seed's 6 + 2 mod 5)
             m = int(rng.choice(self.train_moduli))
@@ -184,15 +191,15 @@ class ModularAddition:
             while True:
                 ops = tuple(int(x) for x in rng.integers(0, 2 * b, size=k))
                 if max(ops) >= b:
-                    return Problem(ops, m)
+                    return self.problem(ops, m)
 
         def unseen_moduli() -> Problem:
             m = int(rng.choice(list(cfg.heldout_moduli)))
-            return Problem(tuple(int(x) for x in rng.integers(0, self.operand_bound(m), size=k)), m)
+            return self.problem(rng.integers(0, self.operand_bound(m), size=k), m)
 
         def more_operands() -> Problem:
             m = int(rng.choice(self.train_moduli))
-            return Problem(tuple(int(x) for x in rng.integers(0, self.operand_bound(m), size=k + 2)), m)
+            return self.problem(rng.integers(0, self.operand_bound(m), size=k + 2), m)
 
         splits = {"negative": draw(negative), "larger": draw(larger), "more_operands": draw(more_operands)}
         if cfg.heldout_moduli:

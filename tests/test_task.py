@@ -19,6 +19,7 @@ from nanocot.task import (
     reward,
     validate,
 )
+from nanocot.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +185,26 @@ def test_max_operand_decouples_operands_from_the_modulus():
     assert all(min(p.operands) < 0 and min(p.operands) > -64 for p in ood["negative"])
     assert all(64 <= max(p.operands) < 128 for p in ood["larger"])
     assert ModularAddition(TaskConfig()).operand_bound(21) == 21, "the default keeps operands below m"
+
+
+def test_modulus_first_changes_the_prompt_only():
+    """modulus_first moves the modulus to the front of the prompt; the problems, the split and every
+    completion stay exactly the same."""
+    from dataclasses import replace
+
+    first = ModularAddition(replace(TaskConfig(), modulus_first=True))
+    last = ModularAddition(TaskConfig())
+    p, q = first.test_set(50), last.test_set(50)
+    assert [(x.operands, x.modulus) for x in p] == [(x.operands, x.modulus) for x in q]
+    assert prompt(p[0], DIRECT) == f"\n%{q[0].modulus} " + "+".join(map(str, q[0].operands)) + "="
+    assert prompt(Problem((8, 7, 12, 5), 21, modulus_first=True), COT) == "\n%21 8+7+12+5:"
+    assert all(completion(a, m) == completion(b, m) for a, b in zip(p, q) for m in (DIRECT, COT))
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    assert all(a.modulus_first and (a.operands, a.modulus) == (b.operands, b.modulus)
+               for a, b in zip(first.sample_train(rng_a, 200), last.sample_train(rng_b, 200)))
+    assert all(x.modulus_first for split in first.ood_splits(20).values() for x in split)
+    tok = Tokenizer()
+    assert tok.decode(tok.encode(prompt(p[0], COT))) == prompt(p[0], COT), "the space keeps m and x1 two tokens"
 
 
 def test_unseen_moduli_never_trained_on(task, test_set, ood):
