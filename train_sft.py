@@ -9,6 +9,7 @@ Writes DIR/<size>-<stage>.pt (atomically; also every --save-every steps and on C
 checkpoint that later stages refuse until it is finished) and DIR/<size>-<stage>.png (its curves).
 """
 
+import argparse
 import sys
 from dataclasses import replace
 
@@ -60,8 +61,9 @@ def parse_args(argv=None):
     g.add_argument("--max-operand", type=int, default=task.max_operand,
                    help="operands lie in [0, this); 0 = in [0, m), below the modulus (default: "
                         f"{task.max_operand})")
-    g.add_argument("--modulus-first", action="store_true", default=task.modulus_first,
-                   help="write the modulus before the operands ('%%21 8+7+12+5=' instead of '8+7+12+5%%21=')")
+    g.add_argument("--modulus-first", action=argparse.BooleanOptionalAction, default=task.modulus_first,
+                   help="write the modulus before the operands ('%%21 8+7+12+5=' instead of '8+7+12+5%%21='; "
+                        f"default: {task.modulus_first})")
     g.add_argument("--number-format", choices=NUMBER_FORMATS, default=task.number_format,
                    help=f"numbers as single tokens or as digit characters (default: {task.number_format})")
     g = p.add_argument_group("corpus (pretrain only)")

@@ -129,6 +129,17 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, record: bool = False):
         """idx (B, T) token ids -> logits (B, T, vocab). With a cache, idx holds only the new tokens.
         With record=True, also returns {"resid": [(B, T, d)] * (n_layer + 1), "attn": [(B, nh, T, S)]}."""
+        x, acts = self.features(idx, cache, record)
+        logits = self.unembed(x)
+        return (logits, acts) if record else logits
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Final residual stream (..., d) -> logits (..., vocab): the tied unembedding."""
+        return self.ln_final(x) @ self.W_E.weight.T
+
+    def features(self, idx: torch.Tensor, cache: KVCache | None = None, record: bool = False):
+        """The final residual stream (B, T, d) before the unembedding, and the recorded activations (or
+        None). Split from `forward` so a loss on a few positions can unembed only those (train.masked_loss)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -142,8 +153,7 @@ class GPT(nn.Module):
                 acts["resid"].append(x.detach())
         if cache is not None:
             cache.pos += T
-        logits = self.ln_final(x) @ self.W_E.weight.T  # (B, T, vocab), tied unembedding
-        return (logits, acts) if record else logits
+        return x, acts
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6 per weight used in a matmul (the tied W_E
