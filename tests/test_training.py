@@ -119,6 +119,28 @@ def test_masked_loss_ignores_masked_positions(tok):
     assert 0.0 <= acc.item() <= 1.0
 
 
+def test_masked_loss_on_the_loss_positions_only_gives_the_full_gradient(tok):
+    """On a CPU masked_loss unembeds only the masked positions; the loss and every gradient must equal the
+    plain formula over all positions (mean of the masked per-token losses)."""
+    examples = [task_example(tok, PROBLEM, DIRECT), task_example(tok, Problem((3, 4, 9), 12), COT)]
+    x, y, mask = collate(examples, tok.pad_id, "cpu")
+    assert 0 < mask.sum() < mask.numel(), "a partial mask takes the selective path"
+    model = make_model(len(tok), std=0.1)
+    loss, _ = masked_loss(model, (x, y, mask))
+    loss.backward()
+    selective = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    per_token = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
+    full = (per_token * mask).sum() / mask.sum()
+    full.backward()
+    assert loss.item() == pytest.approx(full.item(), rel=1e-6)
+    for a, p in zip(selective, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-7), "same gradient through the selected positions"
+    empty, accuracy = masked_loss(model, (x, y, torch.zeros_like(mask)))
+    assert empty.item() == 0.0 and accuracy.item() == 0.0
+    empty.backward()  # a batch without loss tokens is a zero step, not an error
+
+
 def test_masked_loss_token_accuracy(tok):
     model = make_model(len(tok), std=0.1)
     x = torch.tensor([[5, 6, 7]])
