@@ -17,7 +17,7 @@ Every line is preceded by a newline, exactly like every task prompt.
 import numpy as np
 
 from nanocot.config import CorpusConfig, TaskConfig
-from nanocot.task import COT, DIRECT, ModularAddition, completion, prompt
+from nanocot.task import COT, DIRECT, ModularAddition, completion, operand_bound, prompt
 
 WORDS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -58,15 +58,14 @@ def _prose(rng: np.random.Generator, moduli: list[int]) -> str:
     return f"a clock with {m} hours shows {h % m} after {h} hours."
 
 
-def _fact(rng: np.random.Generator, moduli: list[int], bound: int) -> str:
-    """One arithmetic fact; `bound` is the task's max_operand (0: operands below m)."""
+def _fact(rng: np.random.Generator, moduli: list[int], task_config: TaskConfig) -> str:
     kind = int(rng.integers(4))
     if kind == 0:
         a, b = (int(x) for x in rng.integers(0, 60, size=2))
         return f"{a}+{b}={a + b}"
     if kind == 1:  # every subtraction a reference trace makes: a first sum x1 + x2 reaches 2b - 2
         m = int(rng.choice(moduli))
-        total = int(rng.integers(m, 2 * max(m, bound)))
+        total = int(rng.integers(m, 2 * max(m, operand_bound(task_config, m))))
         return f"{total}-{m}={total - m}"
     if kind == 2:
         m = int(rng.choice(moduli))
@@ -101,7 +100,7 @@ def generate_lines(config: CorpusConfig, task_config: TaskConfig) -> list[str]:
         elif u < 0.30:
             lines.append(_prose(rng, moduli))
         elif u < 0.75:
-            lines.append(_fact(rng, moduli, task_config.max_operand))
+            lines.append(_fact(rng, moduli, task_config))
         else:
             lines.append(_one_step_problem(rng, task))
     return lines

@@ -133,13 +133,18 @@ class GPT(nn.Module):
         logits = self.unembed(x)
         return (logits, acts) if record else logits
 
+    def logits_at(self, idx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits (N, vocab) at the N positions where `keep` (B, T) is True: a loss that reads a few positions
+        pays for the unembedding and its softmax only there (train.SELECTIVE_UNEMBED_DEVICES)."""
+        return self.unembed(self.features(idx)[0][keep])
+
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
         """Final residual stream (..., d) -> logits (..., vocab): the tied unembedding."""
         return self.ln_final(x) @ self.W_E.weight.T
 
     def features(self, idx: torch.Tensor, cache: KVCache | None = None, record: bool = False):
         """The final residual stream (B, T, d) before the unembedding, and the recorded activations (or
-        None). Split from `forward` so a loss on a few positions can unembed only those (train.masked_loss)."""
+        None). Split from `forward` so a loss on a few positions can unembed only those (`logits_at`)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:

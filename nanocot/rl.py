@@ -39,7 +39,7 @@ from nanocot.sampling import generate
 from nanocot.task import COT, ModularAddition, Problem, prompt, reward
 from nanocot.tokenizer import Tokenizer
 from nanocot.trace import split_answer
-from nanocot.train import fused_adam, lr_at, stop_requests
+from nanocot.train import SELECTIVE_UNEMBED_DEVICES, fused_adam, lr_at, stop_requests
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,13 @@ def sequence_logprobs(model: GPT, contexts: list[list[int]], generated: list[lis
     device = next(model.parameters()).device
     # the supervised stages' padding and shift; the mask is 1 at positions whose *next* token was generated
     x, y, mask = collate([(c + g, [0] * len(c) + [1] * len(g)) for c, g in zip(contexts, generated)], pad_id, device)
-    if device.type != "cpu":  # on a GPU picking rows costs a sync per step (train.masked_loss): all positions
+    if device.type not in SELECTIVE_UNEMBED_DEVICES:  # every position (train.SELECTIVE_UNEMBED_DEVICES says why)
         logp_all = F.log_softmax(model(x).float(), dim=-1)  # (N, T, V)
         logp = logp_all.gather(-1, y[..., None]).squeeze(-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logp * mask, entropy * mask, mask
-    # on a CPU unembed only the generated positions (about 2 in 3): the unembedding and its softmax are
-    # the bulk of a one-layer model's learning step
-    keep = mask > 0
-    logp_kept = F.log_softmax(model.unembed(model.features(x)[0][keep]).float(), dim=-1)  # (n, V)
+    keep = mask > 0  # only the generated positions (about 2 in 3)
+    logp_kept = F.log_softmax(model.logits_at(x, keep).float(), dim=-1)  # (n, V)
     logp, entropy = torch.zeros_like(mask), torch.zeros_like(mask)
     logp[keep] = logp_kept.gather(-1, y[keep][:, None]).squeeze(-1)
     entropy[keep] = -(logp_kept.exp() * logp_kept).sum(-1)

@@ -120,7 +120,7 @@ class ModularAddition:
 
     def problem(self, operands, modulus: int) -> Problem:
         """A problem written in this task's prompt layout."""
-        return Problem(tuple(int(x) for x in operands), int(modulus), self.config.modulus_first)
+        return Problem(tuple(map(int, operands)), int(modulus), self.config.modulus_first)
 
     def is_test(self, problem: Problem) -> bool:
         key = f"{self.config.split_seed}|{problem.operands}|{problem.modulus}".encode()

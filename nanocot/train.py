@@ -55,17 +55,20 @@ def fused_adam(model: torch.nn.Module) -> bool:
     return next(model.parameters()).device.type in ("cpu", "cuda")
 
 
-def masked_loss(model: GPT, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the masked target tokens, and the token accuracy there.
+# Devices on which a loss unembeds only the positions it reads (GPT.logits_at). On a CPU that pays: a direct-SFT
+# row has ~2 loss tokens in ~13, and the (d x vocab) unembedding with its softmax is a large share of a one-layer
+# model's FLOPs (small direct SFT step 0.65x, CoT warm-up 0.60x, large direct 0.91x, REINFORCE's learning pass
+# 0.74x the time). On a GPU, picking rows needs a device sync per step, dearer than the FLOPs at this size.
+SELECTIVE_UNEMBED_DEVICES = ("cpu",)
 
-    On a CPU only the masked positions are unembedded: a direct-SFT row has ~2 loss tokens in ~13, and the
-    (d x vocab) unembedding with its softmax is a large share of a one-layer model's FLOPs (small direct SFT
-    step 0.65x, CoT warm-up 0.60x, large direct 0.91x the time). Pretraining (every token counts) and GPUs
-    (picking rows needs a device sync per step, dearer than the FLOPs at this size) take the plain path."""
+
+def masked_loss(model: GPT, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy over the masked target tokens, and the token accuracy there. Pretraining (every
+    token counts) takes the plain path everywhere."""
     x, y, mask = batch
-    if x.device.type == "cpu" and not bool(mask.all()):
+    if x.device.type in SELECTIVE_UNEMBED_DEVICES and not bool(mask.all()):
         keep = mask > 0
-        logits, targets = model.unembed(model.features(x)[0][keep]), y[keep]  # (N, V), (N,)
+        logits, targets = model.logits_at(x, keep), y[keep]  # (N, V), (N,)
         if targets.numel() == 0:
             return logits.sum() * 0.0, torch.zeros(())
         return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).float().mean()
