@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from nanocot import report
-from nanocot.cli import Parser, UsageError, pick_device, positive_int, run_cli, seed_int, writable_dir
+from nanocot import cuda_graphs, report
+from nanocot.cli import Parser, UsageError, add_graph_flag, pick_device, positive_int, run_cli, seed_int, writable_dir
 from nanocot.evaluation import QUICK, Sizes, load_models, run
 
 
@@ -30,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=seed_int, default=0, help="seed for sampling and random interventions (default: 0)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    add_graph_flag(p)
     return p.parse_args(argv)
 
 
@@ -38,6 +39,7 @@ def main(argv=None) -> None:
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    cuda_graphs.ENABLED = not args.no_cuda_graphs
     folder = Path(args.ckpt_dir)
     if not folder.is_dir():
         raise UsageError(f"checkpoint folder {folder} does not exist")

@@ -5,16 +5,16 @@
     python -m nanocot --quick             # smoke test of the plumbing (a few steps per stage)
 
 Stages whose finished checkpoint exists are skipped (--force redoes them); an interrupted stage is
-resumed. Each stage is one of train_sft.py / train_rl.py / evaluate.py, printed before it runs. The large
-and the small model's stages run side by side (--jobs 2, their output in DIR/logs/); --jobs 1 runs one
-stage at a time with its output on the terminal.
+resumed. Each stage is one of train_sft.py / train_rl.py / evaluate.py, printed before it runs. Stages
+run side by side as soon as the checkpoint they start from exists (--jobs: 2 at a time on a CPU, 3 on a
+GPU; their output in DIR/logs/); --jobs 1 runs one stage at a time with its output on the terminal.
 """
 
 import json
 import sys
 import time
 
-from nanocot.cli import Parser, UsageError, run_cli, writable_dir
+from nanocot.cli import Parser, UsageError, add_graph_flag, pick_device, run_cli, writable_dir
 from nanocot.config import SIZES
 from nanocot.pipeline import StageFailed, banner, run_seed, seeds_report, summarise
 
@@ -39,9 +39,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's choice (default: 0)")
     p.add_argument("--small", choices=SIZES, default="small", help="preset of the small model (default: small)")
     p.add_argument("--large", choices=SIZES, default="large", help="preset of the large model (default: large)")
-    p.add_argument("--jobs", type=int, default=2, help="model chains run side by side: 2 = the large and the small "
-                   "model's stages at once, each with half the CPU threads and its output in DIR/logs/; 1 = one "
-                   "stage at a time, output on the terminal (default: 2)")
+    p.add_argument("--jobs", type=int, default=0, help="stages run side by side, each with its share of the CPU "
+                   "threads and its output in DIR/logs/; 1 = one stage at a time, output on the terminal; 0 = 2 on a "
+                   "CPU (the large and the small model's chains), 3 on CUDA (default: 0)")
+    add_graph_flag(p)
     p.add_argument("--force", action="store_true", help="redo every stage even if its checkpoint exists")
     p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, numbers mean nothing")
     return p.parse_args(argv)
@@ -52,10 +53,12 @@ def main(argv=None) -> None:
     seeds = parse_seeds(args.seeds)
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs < 0:
+        raise UsageError(f"--jobs must be >= 0, got {args.jobs}")
+    jobs = args.jobs or (3 if pick_device(args.device).type == "cuda" else 2)
     ckpt_root, out_root = writable_dir(args.ckpt_dir), writable_dir(args.out)
-    common = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    common = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else []) + \
+        (["--no-cuda-graphs"] if args.no_cuda_graphs else [])
     start, per_seed, timings = time.perf_counter(), {}, {}
     many = len(seeds) > 1
     for seed in seeds:
@@ -66,7 +69,7 @@ def main(argv=None) -> None:
         if many:
             banner(f"seed {seed}")
         timings[seed] = run_seed(seed, ckpt_dir, out_dir, common, args.small, args.large, args.quick, args.force,
-                                 args.jobs)
+                                 jobs)
         per_seed[seed] = json.loads((out_dir / "metrics.json").read_text())
     total = time.perf_counter() - start
     banner(f"done in {total:.0f} s")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from nanocot import cuda_graphs
 from nanocot.checkpoint import CheckpointError
 
 
@@ -83,6 +84,12 @@ def add_run_flags(p: argparse.ArgumentParser, seed_help: str) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints and plots (default: out)")
+    add_graph_flag(p)
+
+
+def add_graph_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch every kernel from Python instead "
+                   "of replaying recorded training and sampling steps (nanocot/cuda_graphs.py); slower, for comparison")
 
 
 def setup_run(args: argparse.Namespace) -> tuple[torch.device, Path]:
@@ -90,6 +97,7 @@ def setup_run(args: argparse.Namespace) -> tuple[torch.device, Path]:
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    cuda_graphs.ENABLED = not args.no_cuda_graphs
     return device, writable_dir(args.ckpt_dir)
 
 

@@ -6,10 +6,12 @@ REINFORCE for the small model, then evaluate. Every stage is the same command a 
 checkpoint exists, resumes ones that were interrupted, and times each. With several seeds it repeats the
 list per seed and summarises every headline number as mean, spread and a 95% interval.
 
-The large model's stages and the small model's never read each other's checkpoints, so by default
-(`jobs=2`) the two chains run side by side, each with half the CPU threads and its output in a log file.
-Models this small use a second thread poorly (per-op overhead, not arithmetic, dominates), so two
-one-thread runs finish sooner than the same runs one after the other with two threads each.
+Each stage names the one stage whose checkpoint it starts from (`after`), so stages run side by side as
+soon as that one is done, up to `jobs` at a time, each with its share of the CPU threads and its output in a
+log file. On a CPU (`jobs=2`) that is the large and the small model's chains: models this small use a second
+thread poorly (per-op overhead, not arithmetic, dominates), so two one-thread runs finish sooner than the
+same runs one after the other with two threads each. On a GPU (`jobs=3`) the small model's direct SFT also
+runs beside its warm-up and REINFORCE: each process leaves the GPU mostly idle between its launches.
 """
 
 import json
@@ -44,7 +46,7 @@ class Stage:
     args: tuple[str, ...]
     output: str  # checkpoint file name inside the checkpoint folder ("" for evaluation)
     resume_flag: str = ""  # flag that continues an interrupted run, if the script has one
-    size: str = ""  # the model preset it trains: stages of one size form a chain
+    after: str = ""  # the stage whose checkpoint this one starts from ("" = none)
 
 
 def stages(small: str, large: str, quick: bool) -> list[Stage]:
@@ -55,24 +57,17 @@ def stages(small: str, large: str, quick: bool) -> list[Stage]:
 
     def sft(size: str, stage: str) -> Stage:
         return Stage(f"{size}-{stage}", "train_sft.py", ("--size", size, "--stage", stage) + q(stage),
-                     f"{size}-{stage}.pt", "--resume", size)
+                     f"{size}-{stage}.pt", "--resume", "" if stage == "pretrain" else f"{size}-pretrain")
 
-    return [
+    todo = [
         sft(large, "pretrain"), sft(small, "pretrain"),
         sft(large, "direct"), sft(small, "direct"),
         sft(small, "warmup"),
-        Stage(f"{small}-cot", "train_rl.py", ("--size", small) + q("rl"), f"{small}-cot.pt", "--resume", small),
+        Stage(f"{small}-cot", "train_rl.py", ("--size", small) + q("rl"), f"{small}-cot.pt", "--resume",
+              f"{small}-warmup"),
     ]
-
-
-def chains(stage_list: list[Stage]) -> list[list[Stage]]:
-    """The stages grouped by model size, in order. A stage reads only earlier checkpoints of its own size
-    (direct SFT and the warm-up start from that size's pretraining, REINFORCE from the warm-up), so the
-    chains are independent and may run at the same time. (Two presets of one size make one chain.)"""
-    grouped: dict[str, list[Stage]] = {}
-    for stage in stage_list:
-        grouped.setdefault(stage.size, []).append(stage)
-    return list(grouped.values())
+    # one preset for both sizes (e.g. --quick's tiny/tiny): each checkpoint is made once, never by two writers
+    return [stage for i, stage in enumerate(todo) if stage.output not in {s.output for s in todo[:i]}]
 
 
 def checkpoint_state(path: Path) -> str:
@@ -155,61 +150,75 @@ def run_stage(stage: Stage, ckpt_dir: Path, flags: list[str], force: bool, timin
     say(done + (f": {last_lines(log, 1)}" if log else ""))
 
 
-def run_side_by_side(chain_list: list[list[Stage]], ckpt_dir: Path, flags: list[str], force: bool,
-                     timings: dict[str, float], heartbeat_s: float = 60.0) -> None:
-    """Each chain in its own thread (each stage still a child process with its own log file). If a stage
-    fails, the other chain's running stage is asked to stop (SIGINT: it saves a resumable checkpoint) and
-    the failure is raised; every `heartbeat_s` the running stages' progress bars are printed."""
+def run_side_by_side(stage_list: list[Stage], ckpt_dir: Path, flags: list[str], force: bool,
+                     timings: dict[str, float], jobs: int = 2, heartbeat_s: float = 60.0) -> None:
+    """Run each stage, in its own thread (each still a child process with its own log file), once the stage
+    it starts from has finished, at most `jobs` at a time, earlier stages of the list first. If a stage
+    fails, the running ones are asked to stop (SIGINT: they save a resumable checkpoint), none starts any
+    more, and the failure is raised; every `heartbeat_s` the running stages' progress bars are printed."""
     log_dir = ckpt_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     running: dict[subprocess.Popen, Path] = {}
     failures: list[StageFailed] = []
+    finished: set[str] = set()
+    threads: dict[str, threading.Thread] = {}
+    pending = list(stage_list)
 
     def stop_others() -> None:
         for process in list(running):
             process.send_signal(signal.SIGINT)
 
-    def work(chain: list[Stage]) -> None:
-        for stage in chain:
-            if failures:
-                return
-            try:
-                run_stage(stage, ckpt_dir, flags, force, timings, log_dir, running)
-            except StageFailed as failure:
-                failures.append(failure)
-                stop_others()
-                return
+    def work(stage: Stage) -> None:
+        try:
+            run_stage(stage, ckpt_dir, flags, force, timings, log_dir, running)
+            finished.add(stage.name)
+        except StageFailed as failure:
+            failures.append(failure)
+            stop_others()
 
-    threads = [threading.Thread(target=work, args=(chain,), daemon=True) for chain in chain_list]
-    for thread in threads:
-        thread.start()
     try:
-        while alive := [thread for thread in threads if thread.is_alive()]:
-            alive[0].join(timeout=heartbeat_s)
+        while True:
+            for name in [name for name, thread in threads.items() if not thread.is_alive()]:
+                threads.pop(name)
+            if failures:
+                break
+            for stage in [s for s in pending if not s.after or s.after in finished]:
+                if len(threads) < jobs:
+                    pending.remove(stage)
+                    threads[stage.name] = threading.Thread(target=work, args=(stage,), daemon=True)
+                    threads[stage.name].start()
+            if not threads:
+                break
+            waited = time.perf_counter()
+            while all(t.is_alive() for t in threads.values()) and time.perf_counter() - waited < heartbeat_s:
+                time.sleep(0.05)
             bars = [f"{log.stem}: {bar}" for log in list(running.values()) if (bar := last_lines(log, 1))]
-            if bars and any(thread.is_alive() for thread in threads):
+            if bars and time.perf_counter() - waited >= heartbeat_s:
                 say("... " + " | ".join(bars))
     except KeyboardInterrupt:
         stop_others()  # the terminal's Ctrl-C reached them too; a SIGINT sent to this process alone did not
-        for thread in threads:
-            thread.join()
         raise
+    finally:
+        for thread in list(threads.values()):
+            thread.join()
     if failures:
         raise failures[0]
+    if pending:  # cannot happen with stages(): every `after` names an earlier stage
+        raise RuntimeError(f"stages never started: {[s.name for s in pending]}")
 
 
 def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small: str, large: str,
              quick: bool, force: bool, jobs: int = 1) -> dict[str, float]:
-    """Every stage for one seed; returns the wall time of each stage that ran (seconds). jobs >= 2 runs the
-    large and the small model's chains side by side, each with 1/jobs of the CPU threads unless --threads
+    """Every stage for one seed; returns the wall time of each stage that ran (seconds). jobs >= 2 runs up to
+    that many stages side by side (run_side_by_side), each with 1/jobs of the CPU threads unless --threads
     was given."""
     timings: dict[str, float] = {}
     seed_flags = ["--seed", str(seed), "--ckpt-dir", str(ckpt_dir), *common]
     todo = stages(small, large, quick)
-    if jobs > 1 and len(chains(todo)) > 1:
+    if jobs > 1:
         if "--threads" not in common:
             seed_flags += ["--threads", str(max(1, (os.cpu_count() or 1) // jobs))]
-        run_side_by_side(chains(todo), ckpt_dir, seed_flags, force, timings)
+        run_side_by_side(todo, ckpt_dir, seed_flags, force, timings, jobs)
     else:
         for stage in todo:
             run_stage(stage, ckpt_dir, seed_flags, force, timings)

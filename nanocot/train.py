@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nanocot import cuda_graphs
 from nanocot.config import TrainConfig
 from nanocot.data import Batch
 from nanocot.model import GPT
@@ -41,12 +42,24 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def make_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (biases and LayerNorm gains are not decayed)."""
+def make_optimizer(model: GPT, config: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (biases and LayerNorm gains are not decayed). `capturable`
+    (for a CUDA graph, cuda_graphs.GraphedStep) keeps the step count and the learning rate in device
+    tensors, so one recorded update serves every step of the schedule (set_lr writes into the tensor)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=fused_adam(model))
+    device = next(model.parameters()).device
+    lr = torch.tensor(config.lr, device=device) if capturable else config.lr
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=fused_adam(model), capturable=capturable)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)  # in place: a captured optimizer step reads this tensor
+        else:
+            group["lr"] = value
 
 
 def fused_adam(model: torch.nn.Module) -> bool:
@@ -98,6 +111,25 @@ def accumulate(model: GPT, parts: list[Batch]) -> tuple[torch.Tensor, torch.Tens
     return loss, accuracy
 
 
+class EagerStep:
+    """One training step, kernel by kernel: `backward(parts)` zeroes the gradients, runs forward and backward
+    over the micro-batches and clips, returning (loss, token accuracy, gradient norm) as one tensor; `step()`
+    then updates the weights. Split in two so the loop can refuse a non-finite step before the update.
+    cuda_graphs.GraphedStep replays the same two halves as CUDA graphs."""
+
+    def __init__(self, model: GPT, optimizer: torch.optim.Optimizer, grad_clip: float):
+        self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
+
+    def backward(self, parts: list[Batch]) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, accuracy = accumulate(self.model, parts)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        return torch.stack([loss.detach(), accuracy, grad_norm])
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+
 @contextmanager
 def stop_requests() -> Iterator[threading.Event]:
     """While active, SIGINT/SIGTERM set the yielded flag instead of raising inside a half-done step; a
@@ -136,7 +168,11 @@ def train(
     position); `resume` is a trainer state from an earlier `save(record, state)` (the model's weights must
     already be loaded); `save` is called every `save_every` steps (0 = never) and on interrupt."""
     torch.manual_seed(config.seed)
-    optimizer = make_optimizer(model, config)
+    graphed = cuda_graphs.enabled(next(model.parameters()).device)
+    optimizer = make_optimizer(model, config, capturable=graphed)
+    trainer = EagerStep(model, optimizer, config.grad_clip)
+    if graphed:
+        trainer = cuda_graphs.GraphedStep(trainer)
     record = {"step": [], "loss": [], "token_accuracy": [], "eval": [], "tokens": 0, "flops": 0.0, "seconds": 0.0}
     first = 0
     if resume is not None:
@@ -162,18 +198,14 @@ def train(
                 record["eval"].append({"step": step, **_run_eval(model, evaluate)})
             batch = next_batch(step)
             parts = batch if isinstance(batch, list) else [batch]
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss, accuracy = accumulate(model, parts)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            set_lr(optimizer, lr_at(step, config))
             # one device->host copy per step (on a GPU each .item() is a full synchronisation)
-            loss_value, accuracy_value, norm_value = torch.stack([loss.detach(), accuracy, grad_norm]).tolist()
+            loss_value, accuracy_value, norm_value = trainer.backward(parts).tolist()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"non-finite loss at step {step}")
             if not math.isfinite(norm_value):  # clipping cannot repair inf/nan; stop before the weights see it
                 raise FloatingPointError(f"non-finite gradient at step {step}")
-            optimizer.step()
+            trainer.step()
 
             for x, _, _ in parts:
                 B, T = x.shape

@@ -96,3 +96,78 @@ def test_cuda_train_sft_checkpoint_loads_on_cpu(tmp_path):
     payload = checkpoint.load(tmp_path / "tiny-direct.pt", finished=True)
     assert all(t.device.type == "cpu" for t in payload["state_dict"].values())
     assert payload["step"] == 20 and STAGE_DEFAULTS["direct"].steps > 20
+
+
+def _direct_batches(n: int):
+    """n direct-SFT batches of varying width (2 to 4 operands), as the default stage draws them."""
+    import numpy as np
+
+    from nanocot.data import collate, task_example
+    from nanocot.task import DIRECT
+
+    tok, task, rng = Tokenizer(), ModularAddition(TaskConfig()), np.random.default_rng(0)
+    batches = []
+    for i in range(n):
+        problems = task.sample_train(rng, 16, k=2 + i % 3)
+        batches.append(collate([task_example(tok, p, DIRECT) for p in problems], tok.pad_id, CUDA))
+    return batches
+
+
+def test_cuda_graphed_training_steps_equal_eager_steps():
+    """GraphedStep (a recorded forward/backward and optimizer step, replayed) trains the weights exactly as
+    the kernel-by-kernel step does: same metrics and weights after steps of three widths (each captured on
+    its third use), to float32 tolerance."""
+    from nanocot import cuda_graphs
+    from nanocot.config import TrainConfig
+    from nanocot.train import EagerStep, lr_at, make_optimizer, set_lr
+
+    config = TrainConfig(steps=12, lr=3e-3, warmup_steps=2)
+    batches = _direct_batches(12)
+    runs = []
+    for graphed in (False, True):
+        model = make_model(len(Tokenizer()), std=0.1).to(CUDA)
+        optimizer = make_optimizer(model, config, capturable=graphed)
+        step = EagerStep(model, optimizer, config.grad_clip)
+        if graphed:
+            step = cuda_graphs.GraphedStep(step)
+        metrics = []
+        for i, batch in enumerate(batches):
+            set_lr(optimizer, lr_at(i, config))
+            metrics.append(step.backward([batch]).tolist())
+            step.step()
+        runs.append((metrics, [p.detach().clone() for p in model.parameters()], step))
+    (m_eager, w_eager, _), (m_graph, w_graph, graphed_step) = runs
+    assert len(graphed_step.captured) == 3  # three widths, each replayed on its last uses
+    assert torch.allclose(torch.tensor(m_graph), torch.tensor(m_eager), atol=1e-4)
+    for a, b in zip(w_graph, w_eager):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+def test_cuda_graphed_decoding_equals_eager_and_logprobs_are_the_models():
+    """The graphed decoder (captured on a batch shape's third use) gives eager greedy decoding's tokens, and
+    its sampled tokens carry the model's own log-probs and stop at the stop token."""
+    from nanocot import cuda_graphs
+
+    model = make_model(6, std=0.4, n_layer=2).to(CUDA)
+    prompts = [[2, 3, 4, 5, 2], [3, 4, 2, 2, 3], [5, 5, 5, 4, 3]]
+    cuda_graphs.ENABLED = False
+    try:
+        eager = generate(model, prompts, 12, stop_id=1, greedy=True)
+    finally:
+        cuda_graphs.ENABLED = True
+    for _ in range(3):
+        graphed = generate(model, prompts, 12, stop_id=1, greedy=True)
+    assert any(key[0] == id(model) for key in cuda_graphs._decoders)
+    assert torch.equal(graphed.tokens, eager.tokens) and torch.equal(graphed.mask, eager.mask)
+    assert torch.allclose(graphed.logprobs, eager.logprobs, atol=1e-5)
+    gen = torch.Generator(device=CUDA).manual_seed(0)
+    for _ in range(3):
+        sampled = generate(model, prompts, 12, stop_id=1, generator=gen)
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            n = int(sampled.mask[i].sum())
+            row = sampled.tokens[i, :n].tolist()
+            assert 1 not in row[:-1] and (n == sampled.tokens.shape[1] or row[-1] == 1)
+            logp = F.log_softmax(model(torch.tensor([p + row], device=CUDA)), -1)[0]
+            expected = logp[len(p) - 1 : len(p) - 1 + n].gather(1, torch.tensor(row, device=CUDA)[:, None]).squeeze(1)
+            assert torch.allclose(sampled.logprobs[i, :n], expected, atol=1e-5)

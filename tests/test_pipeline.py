@@ -7,7 +7,7 @@ import torch
 
 from nanocot import checkpoint, pipeline
 from nanocot.__main__ import main as pipeline_main
-from nanocot.pipeline import Stage, StageFailed, chains, checkpoint_state, flatten, stages, summarise
+from nanocot.pipeline import Stage, StageFailed, checkpoint_state, flatten, stages, summarise
 from tests.conftest import cli_exit_code
 
 
@@ -17,16 +17,49 @@ def test_stages_cover_the_experiment_in_order():
     assert all(s.output == f"{s.name}.pt" for s in stages("small", "large", quick=False))
 
 
-def test_chains_split_by_size_and_keep_order():
-    """The two chains that run side by side: each reads only its own earlier checkpoints."""
-    names = [[s.name for s in chain] for chain in chains(stages("small", "large", quick=False))]
-    assert names == [["large-pretrain", "large-direct"], ["small-pretrain", "small-direct", "small-warmup", "small-cot"]]
-    assert len(chains(stages("tiny", "tiny", quick=True))) == 1  # one preset for both: one chain, never two writers
+def test_each_stage_starts_from_the_checkpoint_it_reads():
+    """`after` is what lets stages run side by side: direct SFT and the warm-up read the pretrained model of
+    their size, REINFORCE the warm-up; nothing reads the other size's checkpoints."""
+    after = {s.name: s.after for s in stages("small", "large", quick=False)}
+    assert after == {"large-pretrain": "", "small-pretrain": "", "large-direct": "large-pretrain",
+                     "small-direct": "small-pretrain", "small-warmup": "small-pretrain", "small-cot": "small-warmup"}
+    same = stages("tiny", "tiny", quick=True)  # one preset for both sizes: each checkpoint has one writer
+    assert [s.name for s in same] == ["tiny-pretrain", "tiny-direct", "tiny-warmup", "tiny-cot"]
 
 
-def test_a_failing_chain_stops_the_other_cleanly(tmp_path, monkeypatch):
-    """One chain fails: its error is raised with the end of its log, and the other chain's running stage is
-    sent SIGINT (the training scripts save a resumable checkpoint on it) instead of running to the end."""
+def _timed_script(folder, name: str, seconds: float) -> Stage:
+    """A stage whose script records when it started and ended (in ends.txt) after sleeping."""
+    (folder / f"{name}.py").write_text(
+        f"import time\nstart = time.time()\ntime.sleep({seconds})\n"
+        f"open({str(folder / 'ends.txt')!r}, 'a').write(f'{name} {{start}} {{time.time()}}\\n')\n")
+    return Stage(name, f"{name}.py", (), f"{name}.pt")
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 3])
+def test_stages_wait_for_their_checkpoint_and_at_most_jobs_run_at_once(tmp_path, monkeypatch, jobs):
+    from dataclasses import replace
+
+    monkeypatch.setattr(pipeline, "REPO", tmp_path)
+    pre = _timed_script(tmp_path, "pre", 0.6)
+    todo = [pre, replace(_timed_script(tmp_path, "a", 0.6), after="pre"), replace(_timed_script(tmp_path, "b", 0.6), after="pre"),
+            replace(_timed_script(tmp_path, "c", 0.3), after="b"), _timed_script(tmp_path, "free", 0.3)]
+    timings = {}
+    pipeline.run_side_by_side(todo, tmp_path, [], False, timings, jobs=jobs, heartbeat_s=0.2)
+    spans = {name: (float(t0), float(t1)) for name, t0, t1 in
+             (line.split() for line in (tmp_path / "ends.txt").read_text().splitlines())}
+    assert set(spans) == set(timings) == {"pre", "a", "b", "c", "free"}
+    for stage in todo:
+        if stage.after:
+            assert spans[stage.name][0] >= spans[stage.after][1]  # started after what it reads was written
+    moments = sorted(t for span in spans.values() for t in span)
+    busiest = max(sum(t0 <= m < t1 for t0, t1 in spans.values()) for m in moments)
+    assert busiest <= jobs and (jobs == 1 or busiest >= 2)
+
+
+def test_a_failing_stage_stops_the_others_cleanly(tmp_path, monkeypatch):
+    """One stage fails: its error is raised with the end of its log, the other running stage is sent SIGINT
+    (the training scripts save a resumable checkpoint on it) instead of running to the end, and the stage
+    that would have read the failed one's checkpoint never starts."""
     import time
 
     (tmp_path / "slow.py").write_text(
@@ -35,11 +68,11 @@ def test_a_failing_chain_stops_the_other_cleanly(tmp_path, monkeypatch):
         "print('working', flush=True)\ntime.sleep(60)\n")
     (tmp_path / "bad.py").write_text("import sys, time\ntime.sleep(1)\nprint('error: bad input', file=sys.stderr)\nsys.exit(2)\n")
     monkeypatch.setattr(pipeline, "REPO", tmp_path)
-    chain_list = [[Stage("a-slow", "slow.py", (), "a.pt", size="a")], [Stage("b-bad", "bad.py", (), "b.pt", size="b"),
-                                                                       Stage("b-never", "slow.py", (), "c.pt", size="b")]]
+    todo = [Stage("a-slow", "slow.py", (), "a.pt"), Stage("b-bad", "bad.py", (), "b.pt"),
+            Stage("b-never", "slow.py", (), "c.pt", after="b-bad")]
     start, timings = time.perf_counter(), {}
     with pytest.raises(StageFailed) as failure:
-        pipeline.run_side_by_side(chain_list, tmp_path, [], False, timings, heartbeat_s=0.5)
+        pipeline.run_side_by_side(todo, tmp_path, [], False, timings, heartbeat_s=0.5)
     assert time.perf_counter() - start < 30
     assert failure.value.code == 2 and "error: bad input" in str(failure.value)
     assert "saved, stopping" in (tmp_path / "logs" / "a-slow.log").read_text()
@@ -83,7 +116,7 @@ def test_summarise_mean_interval_and_common_keys():
 
 @pytest.mark.parametrize("argv", [
     ["--seeds", "a,b"], ["--seeds", ""], ["--seeds", "1,1"], ["--seeds", "-1"],
-    ["--small", "huge"], ["--threads", "-1"], ["--jobs", "0"], ["--bogus"],
+    ["--small", "huge"], ["--threads", "-1"], ["--jobs", "-1"], ["--device", "tpu"], ["--bogus"],
 ])
 def test_bad_input_exits_2_with_one_line(argv, tmp_path, capsys):
     code = cli_exit_code(pipeline_main, argv + ["--ckpt-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")])

@@ -171,6 +171,31 @@ def test_micro_batches_give_the_one_batch_gradient(tok):
         assert torch.allclose(p.grad, g, atol=1e-6)
 
 
+def test_padding_a_batch_for_a_cuda_graph_changes_neither_loss_nor_gradient(tok, monkeypatch):
+    """cuda_graphs.pad_batch right-pads each batch to a fixed width so one recorded graph fits many batches;
+    under the causal mask and a zero loss mask the extra positions must change nothing. Checked on the path
+    a GPU takes (logits at every position, not only the masked ones)."""
+    from nanocot import cuda_graphs, train
+
+    monkeypatch.setattr(train, "SELECTIVE_UNEMBED_DEVICES", ())
+    model = make_model(len(tok), std=0.1)
+    batch = collate([task_example(tok, PROBLEM, DIRECT), task_example(tok, Problem((9, 9, 9, 9), 11), COT)], tok.pad_id, "cpu")
+    padded = cuda_graphs.pad_batch(batch, multiple=16)
+    assert padded[0].shape[1] % 16 == 0 and padded[0].shape[1] > batch[0].shape[1]
+    assert torch.equal(padded[0][:, : batch[0].shape[1]], batch[0]) and padded[2][:, batch[0].shape[1]:].sum() == 0
+    results = []
+    for b in (batch, padded):
+        model.zero_grad(set_to_none=True)
+        loss, accuracy = masked_loss(model, b)
+        loss.backward()
+        results.append((loss.item(), accuracy.item(), [p.grad.clone() for p in model.parameters()]))
+    (loss_a, acc_a, grads_a), (loss_b, acc_b, grads_b) = results
+    assert loss_b == pytest.approx(loss_a, rel=1e-6) and acc_b == acc_a
+    for a, b in zip(grads_a, grads_b):
+        assert torch.allclose(a, b, atol=1e-7)
+    assert cuda_graphs.pad_batch(padded, multiple=16) is padded  # already a multiple: untouched
+
+
 # ------------------------------------------------------------------------------------------ pretraining
 
 
