@@ -182,25 +182,34 @@ def train(
             rng.bit_generator.state = resume["numpy_rng"]
         record, first = resume["record"], resume["step"]
 
-    def state(step: int) -> dict:  # everything to continue exactly from the start of `step`
+    def draw(step: int) -> tuple[dict | None, list[Batch]]:
+        """The batch of `step` (as micro-batches) and the data position just before it was drawn."""
+        position = rng.bit_generator.state if rng is not None else None
+        batch = next_batch(step)
+        return position, batch if isinstance(batch, list) else [batch]
+
+    def state(step: int, position: dict | None) -> dict:  # everything to continue exactly from the start of `step`
         return {"step": step, "record": record, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": rng.bit_generator.state if rng is not None else None}
+                "numpy_rng": position}
 
     start, elapsed_before = time.perf_counter(), record["seconds"]
     bar = tqdm(range(first, config.steps), desc=desc, dynamic_ncols=True, initial=first, total=config.steps)
+    upcoming = draw(first) if first < config.steps else None
     with stop_requests() as stop:
         for step in bar:
+            position, parts = upcoming
             if stop.is_set():  # between steps: the saved state is exactly "steps 0..step-1 done"
                 if save is not None and step > 0:  # nothing done yet: keep whatever file is there
-                    save(record, state(step))
+                    save(record, state(step, position))
                 raise KeyboardInterrupt(f"interrupted at step {step}")
             if evaluate is not None and config.eval_every > 0 and step % config.eval_every == 0:
                 record["eval"].append({"step": step, **_run_eval(model, evaluate)})
-            batch = next_batch(step)
-            parts = batch if isinstance(batch, list) else [batch]
             set_lr(optimizer, lr_at(step, config))
+            metrics = trainer.backward(parts)
+            # the next batch is built on the CPU while a GPU still runs this step (on a CPU, simply next)
+            upcoming = draw(step + 1) if step + 1 < config.steps else None
             # one device->host copy per step (on a GPU each .item() is a full synchronisation)
-            loss_value, accuracy_value, norm_value = trainer.backward(parts).tolist()
+            loss_value, accuracy_value, norm_value = metrics.tolist()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"non-finite loss at step {step}")
             if not math.isfinite(norm_value):  # clipping cannot repair inf/nan; stop before the weights see it
@@ -220,7 +229,7 @@ def train(
                 shown.update({k: f"{v:.2f}" for k, v in record["eval"][-1].items() if k != "step"})
             bar.set_postfix(shown, refresh=False)
             if save is not None and save_every > 0 and (step + 1) % save_every == 0 and step + 1 < config.steps:
-                save(record, state(step + 1))
+                save(record, state(step + 1, upcoming[0]))
     if evaluate is not None:
         record["eval"].append({"step": config.steps, **_run_eval(model, evaluate)})
     record["seconds"] = elapsed_before + time.perf_counter() - start

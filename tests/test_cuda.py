@@ -98,18 +98,20 @@ def test_cuda_train_sft_checkpoint_loads_on_cpu(tmp_path):
     assert payload["step"] == 20 and STAGE_DEFAULTS["direct"].steps > 20
 
 
-def _direct_batches(n: int):
-    """n direct-SFT batches of varying width (2 to 4 operands), as the default stage draws them."""
+def _task_batches(n: int):
+    """n training batches of three padded widths: direct answers (k=2) and CoT traces (k=2, k=4)."""
     import numpy as np
 
+    from nanocot import cuda_graphs
     from nanocot.data import collate, task_example
-    from nanocot.task import DIRECT
+    from nanocot.task import COT, DIRECT
 
     tok, task, rng = Tokenizer(), ModularAddition(TaskConfig()), np.random.default_rng(0)
     batches = []
     for i in range(n):
-        problems = task.sample_train(rng, 16, k=2 + i % 3)
-        batches.append(collate([task_example(tok, p, DIRECT) for p in problems], tok.pad_id, CUDA))
+        mode, k = [(DIRECT, 2), (COT, 2), (COT, 4)][i % 3]
+        batches.append(collate([task_example(tok, p, mode) for p in task.sample_train(rng, 16, k=k)], tok.pad_id, CUDA))
+    assert len({cuda_graphs.pad_batch(b)[0].shape[1] for b in batches}) == 3
     return batches
 
 
@@ -122,7 +124,7 @@ def test_cuda_graphed_training_steps_equal_eager_steps():
     from nanocot.train import EagerStep, lr_at, make_optimizer, set_lr
 
     config = TrainConfig(steps=12, lr=3e-3, warmup_steps=2)
-    batches = _direct_batches(12)
+    batches = _task_batches(12)
     runs = []
     for graphed in (False, True):
         model = make_model(len(Tokenizer()), std=0.1).to(CUDA)
