@@ -16,11 +16,17 @@ mkdir -p "$OUT" "$WORK"
 DEVICE="${DEVICE:-cuda}"
 QUICK="${QUICK:-}"
 STEPS="${STEPS:-1}"  # 0 skips the per-step measurements
+EAGER_STEPS="${EAGER_STEPS:-$STEPS}"  # 0 skips them with --no-cuda-graphs
 PY="${PY:-python3}"
 export PY DEVICE
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 $PY -c "import torch, os; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(), 'cpus', os.cpu_count())"
+
+echo "== start-up cost of one stage process ($SECONDS s)"
+t=$SECONDS; $PY -c "import torch; torch.zeros(1, device='$DEVICE')"; echo "import torch + first tensor on $DEVICE: $(( SECONDS - t )) s"
+t=$SECONDS; TQDM_DISABLE=1 $PY train_sft.py --size small --stage pretrain --steps 1 --device "$DEVICE" --ckpt-dir "$WORK/one" >/dev/null
+echo "train_sft.py --steps 1: $(( SECONDS - t )) s"
 
 echo "== tests ($SECONDS s)"
 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_model.py tests/test_sampling.py 2>&1 | tail -15
@@ -47,7 +53,7 @@ for path in sorted(Path(sys.argv[1]).glob("metrics-cuda*.json")):
     print(path.name, acc, {k: round(f[k], 3) for k in ("no_trace_accuracy", "corrupt_follow_rate", "filler_accuracy") if k in f})
 PYEOF
 
-if [ "$STEPS" != 0 ]; then
+if [ "$EAGER_STEPS" != 0 ]; then
   echo "== per-step cost, --no-cuda-graphs ($SECONDS s)"
   FLAGS=--no-cuda-graphs bash bench/gpu_steps.sh 2>&1 | tee "$OUT/steps-eager.txt"
 fi
