@@ -105,6 +105,9 @@ def operand_bound(config: TaskConfig, modulus: int) -> int:
     return config.max_operand or modulus
 
 
+_TEST_SETS: dict[TaskConfig, list[Problem]] = {}  # ModularAddition.test_set's longest draw per task
+
+
 class ModularAddition:
     """Owns the task's problem distribution and its splits."""
 
@@ -145,8 +148,16 @@ class ModularAddition:
         return problems
 
     def test_set(self, size: int | None = None) -> list[Problem]:
-        """Held-out in-distribution problems with k = num_operands; the same list for every seed."""
+        """Held-out in-distribution problems with k = num_operands; the same list for every seed. Drawn once
+        per task (REINFORCE evaluates every 50 steps, and a draw hashes ~50,000 candidates): a shorter list
+        is the first `size` problems of a longer one, so the longest drawn so far serves every size."""
         size = size or self.config.test_size
+        drawn = _TEST_SETS.get(self.config, [])
+        if len(drawn) < size:
+            drawn = _TEST_SETS[self.config] = self._draw_test_set(size)
+        return drawn[:size]
+
+    def _draw_test_set(self, size: int) -> list[Problem]:
         rng = np.random.default_rng([self.config.split_seed, 7])
         seen, problems = set(), []
         while len(problems) < size:

@@ -135,14 +135,16 @@ def test_cuda_graphed_training_steps_equal_eager_steps():
         metrics = []
         for i, batch in enumerate(batches):
             set_lr(optimizer, lr_at(i, config))
-            metrics.append(step.backward([batch]).tolist())
+            # the same padded batch for both: padding's own exactness is tests/test_training.py's; here only the
+            # recorded graph vs launching kernel by kernel is compared, so the results must agree to rounding
+            metrics.append(step.backward([cuda_graphs.pad_batch(batch)]).tolist())
             step.step()
         runs.append((metrics, [p.detach().clone() for p in model.parameters()], step))
     (m_eager, w_eager, _), (m_graph, w_graph, graphed_step) = runs
     assert len(graphed_step.captured) == 3  # three widths, each replayed on its last uses
     assert torch.allclose(torch.tensor(m_graph), torch.tensor(m_eager), atol=1e-4)
     for a, b in zip(w_graph, w_eager):
-        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
 
 
 def test_cuda_graphed_decoding_equals_eager_and_logprobs_are_the_models():

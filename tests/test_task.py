@@ -155,6 +155,21 @@ def test_test_set_is_test_and_deterministic(task, test_set):
     assert task.test_set(50) == test_set[:50]
 
 
+def test_cached_test_sets_equal_fresh_draws_at_every_size():
+    """test_set keeps its longest draw per task and slices it: that must be exactly what drawing anew at each
+    size gives (the draw is a prefix of a longer one), whichever size was asked for first."""
+    from nanocot import task as task_module
+
+    task = ModularAddition(TaskConfig(max_modulus=19, test_size=200))
+    task_module._TEST_SETS.pop(task.config, None)
+    short = task.test_set(30)
+    long = task.test_set(250)
+    assert short == task._draw_test_set(30) and long == task._draw_test_set(250)
+    assert task.test_set(30) == short and task.test_set() == long[:200]
+    task.test_set(30).append(None)  # a caller's list is its own
+    assert task.test_set(30) == short
+
+
 def test_training_distribution(task):
     """Training draws operands in [0, m), moduli from the training range, and mixes in easier problems."""
     cfg = TaskConfig()
