@@ -8,6 +8,8 @@
 - Returned log-probs are the *model's* (temperature 1, no top-k) log-probabilities of the sampled tokens,
   the quantity REINFORCE differentiates; temperature and top-k only shape which tokens are drawn.
 - Seeded by a `torch.Generator`, so a run is reproducible and cached and uncached sampling draw alike.
+- On CUDA, a batch shape decoded twice before is decoded by replaying recorded CUDA graphs
+  (`cuda_graphs.decoder`): greedy results are the same; sampled ones use uniforms drawn in one call.
 """
 
 from collections import defaultdict

@@ -13,6 +13,9 @@
   step boundary, saves, and raises KeyboardInterrupt. A second Ctrl-C stops at once.
 - A non-finite loss or gradient norm raises FloatingPointError naming the step *before* the optimizer
   touches the weights, so the last periodic checkpoint on disk is the last good state.
+- A step is `EagerStep` (kernel by kernel) or, on CUDA, `cuda_graphs.GraphedStep` (the same step replayed as
+  CUDA graphs). The loop draws step s+1's batch after launching step s and before reading its loss, so a GPU
+  computes while the CPU builds the next batch; the random stream and exact resume are unchanged.
 """
 
 import math
@@ -55,6 +58,7 @@ def make_optimizer(model: GPT, config: TrainConfig, capturable: bool = False) ->
 
 
 def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """The learning rate of every group: a float, or written into the tensor of a capturable optimizer."""
     for group in optimizer.param_groups:
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].fill_(value)  # in place: a captured optimizer step reads this tensor
