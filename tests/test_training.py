@@ -194,6 +194,8 @@ def test_padding_a_batch_for_a_cuda_graph_changes_neither_loss_nor_gradient(tok,
     for a, b in zip(grads_a, grads_b):
         assert torch.allclose(a, b, atol=1e-7)
     assert cuda_graphs.pad_batch(padded, multiple=16) is padded  # already a multiple: untouched
+    width = batch[0].shape[1]
+    assert cuda_graphs.pad_batch(batch, multiple=16, limit=width + 1)[0].shape[1] == width + 1  # never past the context
 
 
 # ------------------------------------------------------------------------------------------ pretraining
