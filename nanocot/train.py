@@ -208,6 +208,9 @@ def train(
                 raise KeyboardInterrupt(f"interrupted at step {step}")
             if evaluate is not None and config.eval_every > 0 and step % config.eval_every == 0:
                 record["eval"].append({"step": step, **_run_eval(model, evaluate)})
+                if 0 < config.stop_accuracy <= record["eval"][-1].get("test_accuracy", 0.0):
+                    record["stopped_at"] = step  # config.stop_accuracy reached: steps 0..step-1 are the run
+                    break
             set_lr(optimizer, lr_at(step, config))
             metrics = trainer.backward(parts)
             # the next batch is built on the CPU while a GPU still runs this step (on a CPU, simply next)
@@ -234,7 +237,7 @@ def train(
             bar.set_postfix(shown, refresh=False)
             if save is not None and save_every > 0 and (step + 1) % save_every == 0 and step + 1 < config.steps:
                 save(record, state(step + 1, upcoming[0]))
-    if evaluate is not None:
+    if evaluate is not None and "stopped_at" not in record:
         record["eval"].append({"step": config.steps, **_run_eval(model, evaluate)})
     record["seconds"] = elapsed_before + time.perf_counter() - start
     return record
