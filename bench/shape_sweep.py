@@ -1,6 +1,9 @@
-"""Research sweep (throwaway, not part of the package): which one-layer shape keeps direct SFT at chance on
-every seed while its CoT warm-up still works? Each job: pretrain -> direct SFT (curve) and -> CoT warm-up.
-    python bench/shape_sweep.py --workers 12 --deadline 300 --out $OUT/sweep.jsonl [--steps-scale 0.01 for a dry run]
+"""Research sweep (not part of the package): which one-layer shape keeps direct SFT at chance on every seed
+while its CoT warm-up still works? Each job, one thread: the small preset with the named shape, pretrained ->
+direct SFT (held-out every tenth of the run) and -> CoT warm-up; one JSON line per job. docs/LOG.md, session 8:
+    python bench/shape_sweep.py --device cpu --workers 2 --configs h4,h2,h4-mlp32,h1 --seeds 0 --warmup-steps 1000
+    python bench/shape_sweep.py --device cpu --workers 2 --configs h1 --seeds 1,2,3,4,5,6,7,8,9,10,11 --warmup-steps 1000
+(`--steps-scale 0.003` for a dry run of the plumbing.)
 """
 import argparse
 import json
@@ -10,16 +13,16 @@ import sys
 import time
 from dataclasses import replace
 
-CONFIGS = {
-    "base": {},
+CONFIGS = {  # overrides of the small preset (1 layer, d 64, MLP 64): heads, MLP width, stream width
     "h1": {"n_head": 1},
     "h2": {"n_head": 2},
-    "mlp32": {"d_mlp": 32},
-    "d32": {"d_model": 32},
+    "h4": {"n_head": 4},
+    "h4-mlp32": {"n_head": 4, "d_mlp": 32},
+    "h4-d32": {"n_head": 4, "d_model": 32},
 }
 
 
-def job(name, seed, device, scale):
+def job(name, seed, device, scale, warmup_steps):
     import torch
     torch.set_num_threads(1)
     import nanocot.config as C
@@ -31,7 +34,8 @@ def job(name, seed, device, scale):
                    C.TaskConfig(), C.CorpusConfig(), device)
     direct = finetune(pre, "direct", replace(C.STAGE_DEFAULTS["direct"], seed=seed, steps=steps("direct"),
                                              eval_every=max(1, steps("direct") // 10)), device)
-    warm = finetune(pre, "warmup", replace(C.STAGE_DEFAULTS["warmup"], seed=seed, steps=steps("warmup")), device)
+    warmup = replace(C.STAGE_DEFAULTS["warmup"], seed=seed, steps=max(2, int((warmup_steps or C.STAGE_DEFAULTS["warmup"].steps) * scale)))
+    warm = finetune(pre, "warmup", warmup, device)
     ev = direct["record"]["eval"]
     return {"config": name, "seed": seed, "params": pre["params"], "direct_test": ev[-1]["test_accuracy"],
             "direct_train": ev[-1]["train_accuracy"], "direct_curve": [round(e["test_accuracy"], 3) for e in ev],
@@ -48,10 +52,11 @@ def main():
     p.add_argument("--deadline", type=float, default=300)
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps-scale", type=float, default=1.0)
+    p.add_argument("--warmup-steps", type=int, default=0, help="CoT warm-up steps (0 = the stage's default)")
     p.add_argument("--out", default="sweep.jsonl")
     a = p.parse_args()
     if a.one:
-        print(json.dumps(job(a.one[0], int(a.one[1]), a.device, a.steps_scale)), flush=True)
+        print(json.dumps(job(a.one[0], int(a.one[1]), a.device, a.steps_scale, a.warmup_steps)), flush=True)
         return
     queue = [(c, s) for s in a.seeds.split(",") for c in a.configs.split(",")]
     start, running, out = time.time(), [], open(a.out, "a")
@@ -59,7 +64,8 @@ def main():
     while queue or running:
         while queue and len(running) < a.workers and time.time() - start < a.deadline - 60:
             c, s = queue.pop(0)
-            cmd = [sys.executable, __file__, "--one", c, s, "--device", a.device, "--steps-scale", str(a.steps_scale)]
+            cmd = [sys.executable, __file__, "--one", c, s, "--device", a.device, "--steps-scale", str(a.steps_scale),
+                   "--warmup-steps", str(a.warmup_steps)]
             running.append((c, s, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)))
         for item in list(running):
             c, s, proc = item
