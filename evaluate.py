@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from nanocot import cuda_graphs, report
-from nanocot.cli import Parser, UsageError, add_graph_flag, pick_device, positive_int, run_cli, seed_int, writable_dir
+from nanocot import report
+from nanocot.cli import Parser, UsageError, add_graph_flag, apply_graph_flag, pick_device, positive_int, run_cli, seed_int, writable_dir
 from nanocot.evaluation import QUICK, Sizes, load_models, run
 
 
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda_graphs.ENABLED = not args.no_cuda_graphs
+    apply_graph_flag(args)
     folder = Path(args.ckpt_dir)
     if not folder.is_dir():
         raise UsageError(f"checkpoint folder {folder} does not exist")

@@ -92,12 +92,16 @@ def add_graph_flag(p: argparse.ArgumentParser) -> None:
                    "of replaying recorded training and sampling steps (nanocot/cuda_graphs.py); slower, for comparison")
 
 
+def apply_graph_flag(args: argparse.Namespace) -> None:
+    cuda_graphs.ENABLED = not args.no_cuda_graphs
+
+
 def setup_run(args: argparse.Namespace) -> tuple[torch.device, Path]:
     """Apply the shared flags: pick the device, set the thread count, check the folder is writable."""
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda_graphs.ENABLED = not args.no_cuda_graphs
+    apply_graph_flag(args)
     return device, writable_dir(args.ckpt_dir)
 
 
