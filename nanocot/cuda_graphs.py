@@ -21,10 +21,13 @@ CUDA and both computing what the eager code computes:
 """
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from nanocot.model import KVCache
 
 ENABLED = True
 PAD_MULTIPLE = 16
@@ -34,6 +37,34 @@ EAGER_RUNS = 2  # uses of a shape before it is captured: lazy initialisation hap
 
 def enabled(device: torch.device) -> bool:
     return ENABLED and device.type == "cuda"
+
+
+class _CapturedOnUse(dict):
+    """Captured graphs by key (a batch shape and what else fixes them), each made on its key's
+    (EAGER_RUNS + 1)-th use and kept; before that the caller runs eagerly."""
+
+    def __init__(self):
+        super().__init__()
+        self.uses: Counter = Counter()
+
+    def fetch(self, key, capture):
+        """The captured value for `key`, made now by `capture()` if this is the first use past the eager
+        ones; None while the key is still in its eager runs."""
+        self.uses[key] += 1
+        if key not in self and self.uses[key] > EAGER_RUNS:
+            self[key] = capture()
+        return self.get(key)
+
+
+@contextmanager
+def _side_stream():
+    """Run the block on a side stream, ordered after the current stream's work and before its next: eager
+    warm-up runs before a capture belong off the default stream (CUDA graph docs)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream().wait_stream(side)
 
 
 def pad_batch(batch, multiple: int = PAD_MULTIPLE, limit: int | None = None):
@@ -65,25 +96,16 @@ class GraphedStep:
 
     def __init__(self, eager):
         self.eager = eager
-        self.captured: dict[tuple, _CapturedStep] = {}
-        self.seen: Counter = Counter()
+        self.captured = _CapturedOnUse()  # batch shapes -> _CapturedStep
         self.pending: _CapturedStep | None = None  # the graph whose optimizer step `step()` replays
 
     def backward(self, parts: list) -> torch.Tensor:
         parts = [pad_batch(part, limit=self.eager.model.config.block_size) for part in parts]
-        key = tuple(tuple(x.shape) for x, _, _ in parts)
-        self.seen[key] += 1
-        entry = self.captured.get(key)
-        if entry is None and self.seen[key] <= EAGER_RUNS:  # warm-up runs, on a side stream as CUDA asks
+        entry = self.captured.fetch(tuple(tuple(x.shape) for x, _, _ in parts), lambda: self._capture(parts))
+        if entry is None:  # one of the shape's eager warm-up runs
             self.pending = None
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                metrics = self.eager.backward(parts)
-            torch.cuda.current_stream().wait_stream(side)
-            return metrics
-        if entry is None:
-            entry = self.captured[key] = self._capture(parts)
+            with _side_stream():
+                return self.eager.backward(parts)
         for static, part in zip(entry.inputs, parts):
             for buffer, value in zip(static, part):
                 buffer.copy_(value, non_blocking=True)
@@ -113,8 +135,6 @@ class _Decoder:
     """Every position's sampling step for one batch shape, as CUDA graphs over static buffers."""
 
     def __init__(self, model, shape, budget, stop_id, pad_id, temperature, top_k, greedy):
-        from nanocot.model import KVCache
-
         B, prompt_len = shape
         device = next(model.parameters()).device
         self.model, self.prompt_len, self.budget = model, prompt_len, budget
@@ -126,12 +146,9 @@ class _Decoder:
         self.out_lp = torch.zeros(B, budget, device=device)
         self.out_mask = torch.zeros(B, budget, device=device)
         self.alive = torch.ones(B, dtype=torch.bool, device=device)
-        side = torch.cuda.Stream()  # one eager pass first (lazy kernel set-up must not happen inside a capture)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with _side_stream():  # one eager pass first (lazy kernel set-up must not happen inside a capture)
             for position in range(budget):
                 self._step(position)
-        torch.cuda.current_stream().wait_stream(side)
         pool = torch.cuda.graph_pool_handle()  # shared: no tensor made inside one graph is read by another
         self.graphs = []
         for position in range(budget):
@@ -169,17 +186,11 @@ class _Decoder:
         return self.out[:, :width].clone(), self.out_lp[:, :width].clone(), self.out_mask[:, :width].clone()
 
 
-_decoders: dict[tuple, _Decoder] = {}
-_decoder_uses: Counter = Counter()
+_decoders = _CapturedOnUse()
 
 
 def decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy) -> _Decoder | None:
     """The graphed decoder for this model and batch shape, captured on the shape's third use; None before
     (the caller decodes eagerly). Keyed by the weights' address too: a model moved or rebuilt gets new graphs."""
     key = (id(model), model.W_E.weight.data_ptr(), tuple(shape), budget, stop_id, pad_id, temperature, top_k, greedy)
-    _decoder_uses[key] += 1
-    if key not in _decoders and _decoder_uses[key] <= EAGER_RUNS:
-        return None
-    if key not in _decoders:
-        _decoders[key] = _Decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy)
-    return _decoders[key]
+    return _decoders.fetch(key, lambda: _Decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy))
