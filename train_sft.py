@@ -34,9 +34,10 @@ def parse_args(argv=None):
     p.add_argument("--min-lr-ratio", type=probability,
                    help="the cosine decays the learning rate to lr * this at the last step (default: the stage's)")
     p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations (default: the stage's)")
-    p.add_argument("--stop-accuracy", type=probability, default=0.0,
-                   help="direct/warmup: stop at the first evaluation whose held-out accuracy reaches this, e.g. a "
-                        "warm-up that leaves REINFORCE a gap; 0 = run every step (default: 0)")
+    p.add_argument("--stop-accuracy", type=probability,
+                   help="direct/warmup: stop at the first evaluation whose accuracy on 300 training-split problems "
+                        "reaches this, e.g. a warm-up that leaves REINFORCE a gap; 0 = run every step (default: the "
+                        "stage's)")
     p.add_argument("--save-every", type=positive_int, default=250,
                    help="steps between resumable checkpoints, so a crash loses at most this many steps (default: 250)")
     p.add_argument("--resume", action="store_true",
@@ -109,7 +110,7 @@ def main(argv=None) -> None:
                         min_lr_ratio=defaults.min_lr_ratio if args.min_lr_ratio is None else args.min_lr_ratio,
                         eval_every=args.eval_every or defaults.eval_every,
                         easier_fraction=stage_mix, read_paraphrasers=args.read_paraphrasers,
-                        stop_accuracy=args.stop_accuracy,
+                        stop_accuracy=defaults.stop_accuracy if args.stop_accuracy is None else args.stop_accuracy,
                         paraphrase_fraction=defaults.paraphrase_fraction if args.paraphrase_fraction is None
                         else args.paraphrase_fraction)
     device, folder = setup_run(args)

@@ -91,8 +91,8 @@ class TrainConfig:
     # paraphrasers (comma-separated names from nanocot/paraphrase.py)
     paraphrase_fraction: float = 0.0
     read_paraphrasers: str = "reword,words"
-    # direct/warmup: stop at the first evaluation whose held-out accuracy reaches this (0 = run every step), e.g.
-    # a warm-up that leaves REINFORCE a known gap whichever step chaining happens to appear at
+    # direct/warmup: stop at the first evaluation whose accuracy on 300 training-split problems reaches this (0 = run
+    # every step), e.g. a warm-up that leaves REINFORCE a known gap whichever step chaining happens to appear at
     stop_accuracy: float = 0.0
 
 

@@ -37,6 +37,10 @@ class KVCache:
         self.v[layer, :, :, self.pos : self.pos + T] = v
         return self.k[layer, :, :, : self.pos + T], self.v[layer, :, :, : self.pos + T]
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (e.g. the ones still generating), in this order."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):

@@ -4,7 +4,9 @@
   padding or attention masks (learned absolute positions would shift under left-padding).
 - One forward pass per new token: the prompt is fed once (prefill), then each step feeds only the token
   just sampled; `use_cache=False` recomputes the whole prefix instead (slow; kept to test the cache).
-- Each row stops at its first newline; its later positions are padding with mask 0.
+- Each row stops at its first newline; its later positions are padding with mask 0. Once half the rows of a
+  batch have stopped, they are dropped from it (cache included): one rambling row no longer keeps all the
+  others decoding to `max_new_tokens` (in RL about one step in three has such a row).
 - Returned log-probs are the *model's* (temperature 1, no top-k) log-probabilities of the sampled tokens,
   the quantity REINFORCE differentiates; temperature and top-k only shape which tokens are drawn.
 - Seeded by a `torch.Generator`, so a run is reproducible and cached and uncached sampling draw alike.
@@ -104,18 +106,25 @@ def _generate_group(model, prompt, budget, stop_id, pad_id, temperature, top_k, 
     out = torch.full((B, budget), pad_id, dtype=torch.long, device=device)
     out_lp = torch.zeros((B, budget), device=device)
     out_mask = torch.zeros((B, budget), device=device)
-    alive = torch.ones(B, dtype=torch.bool, device=device)
+    rows = torch.arange(B, device=device)  # the batch rows still decoding: the others are done
+    alive = torch.ones(B, dtype=torch.bool, device=device)  # per row of `rows`: not stopped yet
     logits = model(prompt, cache)[:, -1]  # (B, V): prefill
     for step in range(budget):
         next_id, next_lp = choose_next(logits, temperature, top_k, greedy, generator)
-        out[:, step] = torch.where(alive, next_id, pad_id)
-        out_lp[:, step] = torch.where(alive, next_lp, 0.0)
-        out_mask[:, step] = alive.float()
+        out[rows, step] = torch.where(alive, next_id, pad_id)
+        out_lp[rows, step] = torch.where(alive, next_lp, 0.0)
+        out_mask[rows, step] = alive.float()
         alive = alive & (next_id != stop_id)
-        if not alive.any() or step == budget - 1:
+        n_alive = int(alive.sum())
+        if n_alive == 0 or step == budget - 1:
             return out[:, : step + 1], out_lp[:, : step + 1], out_mask[:, : step + 1]
+        if n_alive <= len(rows) // 2:  # drop the stopped rows (at most log2(B) times per batch)
+            live = alive.nonzero().squeeze(1)
+            rows, alive, next_id = rows[live], alive[live], next_id[live]
+            if use_cache:
+                cache.keep(live)
         if use_cache:
             logits = model(next_id[:, None], cache)[:, -1]
         else:
-            logits = model(torch.cat([prompt, out[:, : step + 1]], dim=1))[:, -1]
+            logits = model(torch.cat([prompt[rows], out[rows, : step + 1]], dim=1))[:, -1]
     return out[:, :0], out_lp[:, :0], out_mask[:, :0]  # budget == 0

@@ -208,7 +208,8 @@ def train(
                 raise KeyboardInterrupt(f"interrupted at step {step}")
             if evaluate is not None and config.eval_every > 0 and step % config.eval_every == 0:
                 record["eval"].append({"step": step, **_run_eval(model, evaluate)})
-                if 0 < config.stop_accuracy <= record["eval"][-1].get("test_accuracy", 0.0):
+                # on training-split problems, so the test set never steers training
+                if 0 < config.stop_accuracy <= record["eval"][-1].get("train_accuracy", 0.0):
                     record["stopped_at"] = step  # config.stop_accuracy reached: steps 0..step-1 are the run
                     break
             set_lr(optimizer, lr_at(step, config))

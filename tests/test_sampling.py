@@ -1,5 +1,7 @@
 """Batched generation: cache == no cache, log-probs are the model's, stop/mask semantics, prompt order."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,20 @@ def test_cache_equals_no_cache(model, kwargs):
     assert torch.equal(a.tokens, b.tokens)
     assert torch.equal(a.mask, b.mask)
     assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_dropping_stopped_rows_changes_no_row(model):
+    """Rows that stopped are dropped from the batch (and the cache) as it decodes; every row must still get
+    exactly what it gets when decoded alone, where nothing is ever dropped."""
+    prompts = [list(p) for p in itertools.product([2, 3, 4, 5], repeat=3)]  # one length: one batch of 64
+    together = generate(model, prompts, 12, STOP, PAD, greedy=True)
+    assert len(set(together.lengths())) > 2, "the test needs rows stopping at different steps"
+    for i, p in enumerate(prompts):
+        alone = generate(model, [p], 12, STOP, PAD, greedy=True)
+        n = alone.lengths()[0]
+        assert together.lengths()[i] == n
+        assert torch.equal(together.tokens[i, :n], alone.tokens[0, :n])
+        assert torch.allclose(together.logprobs[i, :n], alone.logprobs[0, :n], atol=1e-5)
 
 
 def test_seed_controls_sampling(model):

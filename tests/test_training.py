@@ -277,8 +277,9 @@ def test_warmup_paraphrase_fraction_mixes_reading_examples(tiny_pretrain_payload
 
 
 def test_stop_accuracy_ends_the_stage_at_the_first_evaluation_that_reaches_it():
-    """A warm-up with --stop-accuracy stops before the step whose evaluation first reached the threshold: the
-    steps before it are the run, and no later step or evaluation happens."""
+    """A warm-up with --stop-accuracy stops before the step whose evaluation first reached the threshold on
+    training-split problems (never the test set's): the steps before it are the run, and no later step or
+    evaluation happens."""
     from nanocot.tokenizer import Tokenizer
     from nanocot.train import train
 
@@ -286,9 +287,9 @@ def test_stop_accuracy_ends_the_stage_at_the_first_evaluation_that_reaches_it():
     accuracies = iter([0.1, 0.3, 0.6, 0.9, 0.95])
     batch = collate([task_example(Tokenizer(), PROBLEM, DIRECT)] * 2, 0, "cpu")
     config = TrainConfig(steps=20, batch_size=2, eval_every=3, warmup_steps=1, stop_accuracy=0.5)
-    record = train(model, config, lambda step: batch, evaluate=lambda m: {"test_accuracy": next(accuracies)})
+    record = train(model, config, lambda step: batch, evaluate=lambda m: {"test_accuracy": 1.0, "train_accuracy": next(accuracies)})
     assert [e["step"] for e in record["eval"]] == [0, 3, 6] and record["stopped_at"] == 6
     assert record["step"] == list(range(6))
     plain = TrainConfig(steps=4, batch_size=2, eval_every=2, warmup_steps=1)  # stop_accuracy 0: never stops early
-    unstopped = train(make_model(len(Tokenizer()), std=0.1), plain, lambda step: batch, evaluate=lambda m: {"test_accuracy": 1.0})
+    unstopped = train(make_model(len(Tokenizer()), std=0.1), plain, lambda step: batch, evaluate=lambda m: {"train_accuracy": 1.0})
     assert "stopped_at" not in unstopped and [e["step"] for e in unstopped["eval"]] == [0, 2, 4]

@@ -1,0 +1,111 @@
+"""Research sweep (not part of the package): which REINFORCE recipe takes the small model from a partial CoT
+warm-up to the large model's accuracy, on every seed, within the CPU budget? (issue 3, docs/LOG.md session 9)
+
+Each job runs the real scripts, one thread each: `train_sft.py --stage warmup --stop-accuracy A` from a
+pretrained small checkpoint (once per threshold and seed, shared by the configs), then `train_rl.py` with the
+config's flags. One JSON line per job: held-out greedy accuracy at every RL evaluation, seconds, and where
+the warm-up stopped. A job still running at --deadline is stopped; its last saved evaluation is reported.
+    python bench/rl_sweep.py --pretrained /tmp/i3e --configs base,t1 --seeds 0,1,2 --workers 2
+(--pretrained holds seed-S/small-pretrain.pt, and seed-S/small-warmup.pt to reuse a warm-up stopped at the
+default threshold; missing pretrained checkpoints are made first.)
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = {  # name: (warm-up stop threshold, train_rl.py flags)
+    "base": (0.6, ["--lr", "2e-4"]),
+    "w200": (0.6, ["--lr", "2e-4", "--warmup-steps", "200"]),
+    "lr4w": (0.6, ["--lr", "4e-4", "--warmup-steps", "300"]),
+    "lr4wc": (0.6, ["--lr", "4e-4", "--warmup-steps", "300", "--lr-schedule", "cosine"]),
+    "t07w": (0.6, ["--lr", "2e-4", "--warmup-steps", "200", "--temperature", "0.7"]),
+    "t1": (0.6, ["--lr", "2e-4", "--temperature", "1.0"]),
+    "g16": (0.6, ["--lr", "2e-4", "--prompts", "16", "--samples", "16"]),
+    "s75w": (0.75, ["--lr", "2e-4", "--warmup-steps", "200"]),
+}
+
+
+def run(args: list[str], log: Path, deadline: float) -> int:
+    with open(log, "a") as out:
+        process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "TQDM_DISABLE": "1"})
+        try:
+            return process.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            process.terminate()  # SIGTERM: the script saves its finished steps, then stops
+            return process.wait()
+
+
+def warmup(work: Path, pretrained: Path, threshold: float, seed: int, device: str, deadline: float, default: float) -> Path:
+    folder = work / f"warm-{threshold}" / f"seed-{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    given = pretrained / f"seed-{seed}"
+    if threshold == default and (given / "small-warmup.pt").exists():
+        shutil.copy(given / "small-warmup.pt", folder)
+    if not (folder / "small-warmup.pt").exists():
+        if not (given / "small-pretrain.pt").exists():
+            run(["train_sft.py", "--size", "small", "--stage", "pretrain", "--seed", str(seed), "--threads", "1",
+                 "--device", device, "--ckpt-dir", str(given)], folder / "pretrain.log", deadline)
+        shutil.copy(given / "small-pretrain.pt", folder)
+        run(["train_sft.py", "--size", "small", "--stage", "warmup", "--stop-accuracy", str(threshold),
+             "--eval-every", "50", "--seed", str(seed), "--threads", "1", "--device", device, "--ckpt-dir",
+             str(folder)], folder / "warmup.log", deadline)
+    return folder
+
+
+def job(name: str, seed: int, warm: Path, work: Path, device: str, steps: int, deadline: float) -> dict:
+    folder = work / name / f"seed-{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(warm / "small-warmup.pt", folder)
+    t0 = time.time()
+    code = run(["train_rl.py", "--seed", str(seed), "--steps", str(steps), "--threads", "1", "--device", device,
+                "--eval-every", "250", "--ckpt-dir", str(folder), *CONFIGS[name][1]], folder / "rl.log", deadline)
+    row = {"config": name, "seed": seed, "flags": CONFIGS[name][1], "threshold": CONFIGS[name][0], "exit": code,
+           "wall_s": round(time.time() - t0, 1)}
+    w = torch.load(folder / "small-warmup.pt", map_location="cpu", weights_only=False)["record"]
+    row["warmup_stopped_at"] = w.get("stopped_at")
+    if (folder / "small-cot.pt").exists():
+        r = torch.load(folder / "small-cot.pt", map_location="cpu", weights_only=False)["record"]
+        row.update(evals=[(e["step"], round(e["test_accuracy"], 3)) for e in r["eval"]],
+                   rl_seconds=round(r["seconds"], 1), steps_done=len(r["steps"]))
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pretrained", type=Path, required=True)
+    p.add_argument("--configs", default="base")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--deadline", type=float, default=3600, help="seconds from the start for every job")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--work", type=Path, default=Path("/tmp/rl_sweep"))
+    p.add_argument("--out", type=Path, default=Path("rl_sweep.jsonl"))
+    a = p.parse_args()
+    deadline = time.time() + a.deadline
+    names, seeds = a.configs.split(","), [int(s) for s in a.seeds.split(",")]
+    thresholds = sorted({CONFIGS[n][0] for n in names})
+    with ThreadPoolExecutor(a.workers) as pool:
+        warm = {(t, s): pool.submit(warmup, a.work, a.pretrained, t, s, a.device, deadline, 0.6)
+                for t in thresholds for s in seeds}
+        jobs = [pool.submit(lambda n, s: job(n, s, warm[(CONFIGS[n][0], s)].result(), a.work, a.device, a.steps,
+                                             deadline), n, s) for n in names for s in seeds]
+        with open(a.out, "a") as out:
+            for future in jobs:
+                row = future.result()
+                print(json.dumps(row), flush=True)
+                out.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
