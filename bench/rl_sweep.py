@@ -6,8 +6,8 @@ pretrained small checkpoint (once per threshold and seed, shared by the configs)
 config's flags. One JSON line per job: held-out greedy accuracy at every RL evaluation, seconds, and where
 the warm-up stopped. A job still running at --deadline is stopped; its last saved evaluation is reported.
     python bench/rl_sweep.py --pretrained /tmp/i3e --configs base,t1 --seeds 0,1,2 --workers 2
-(--pretrained holds seed-S/small-pretrain.pt, and seed-S/small-warmup.pt to reuse a warm-up stopped at the
-default threshold; missing pretrained checkpoints are made first.)
+(--pretrained holds seed-S/small-pretrain.pt, and seed-S/small-warmup.pt to reuse a warm-up stopped at
+--given-threshold; missing pretrained checkpoints are made first.)
 """
 import argparse
 import json
@@ -22,15 +22,19 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = {  # name: (warm-up stop threshold, train_rl.py flags)
-    "base": (0.6, ["--lr", "2e-4"]),
-    "w200": (0.6, ["--lr", "2e-4", "--warmup-steps", "200"]),
-    "lr4w": (0.6, ["--lr", "4e-4", "--warmup-steps", "300"]),
-    "lr4wc": (0.6, ["--lr", "4e-4", "--warmup-steps", "300", "--lr-schedule", "cosine"]),
-    "t07w": (0.6, ["--lr", "2e-4", "--warmup-steps", "200", "--temperature", "0.7"]),
-    "t1": (0.6, ["--lr", "2e-4", "--temperature", "1.0"]),
-    "g16": (0.6, ["--lr", "2e-4", "--prompts", "16", "--samples", "16"]),
-    "s75w": (0.75, ["--lr", "2e-4", "--warmup-steps", "200"]),
+WARMUP_EVAL_EVERY = 25  # the warm-up's default; session 9's first sweep reused session 8's warm-ups (every 50)
+# session 3's REINFORCE defaults, which the configs below start from (the defaults are now "default")
+S3 = ["--lr", "1e-4", "--temperature", "0.5", "--lr-schedule", "constant", "--warmup-steps", "0"]
+CONFIGS = {  # name: (warm-up stop threshold, train_rl.py flags); later flags win
+    "default": (0.7, []),
+    "base": (0.6, S3 + ["--lr", "2e-4"]),
+    "w200": (0.6, S3 + ["--lr", "2e-4", "--warmup-steps", "200"]),
+    "lr4w": (0.6, S3 + ["--lr", "4e-4", "--warmup-steps", "300"]),
+    "lr4wc": (0.6, S3 + ["--lr", "4e-4", "--warmup-steps", "300", "--lr-schedule", "cosine"]),
+    "t07w": (0.6, S3 + ["--lr", "2e-4", "--warmup-steps", "200", "--temperature", "0.7"]),
+    "t1": (0.6, S3 + ["--lr", "2e-4", "--temperature", "1.0"]),
+    "g16": (0.6, S3 + ["--lr", "2e-4", "--prompts", "16", "--samples", "16"]),
+    "s75w": (0.75, S3 + ["--lr", "2e-4", "--warmup-steps", "200"]),
 }
 
 
@@ -45,19 +49,20 @@ def run(args: list[str], log: Path, deadline: float) -> int:
             return process.wait()
 
 
-def warmup(work: Path, pretrained: Path, threshold: float, seed: int, device: str, deadline: float, default: float) -> Path:
+def warmup(work: Path, pretrained: Path, threshold: float, seed: int, device: str, deadline: float, given: float) -> Path:
+    """The warm-up stopped at `threshold`: --pretrained's own if it was stopped there (`given`), else made."""
     folder = work / f"warm-{threshold}" / f"seed-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    given = pretrained / f"seed-{seed}"
-    if threshold == default and (given / "small-warmup.pt").exists():
-        shutil.copy(given / "small-warmup.pt", folder)
+    source = pretrained / f"seed-{seed}"
+    if threshold == given and (source / "small-warmup.pt").exists():
+        shutil.copy(source / "small-warmup.pt", folder)
     if not (folder / "small-warmup.pt").exists():
-        if not (given / "small-pretrain.pt").exists():
+        if not (source / "small-pretrain.pt").exists():
             run(["train_sft.py", "--size", "small", "--stage", "pretrain", "--seed", str(seed), "--threads", "1",
-                 "--device", device, "--ckpt-dir", str(given)], folder / "pretrain.log", deadline)
-        shutil.copy(given / "small-pretrain.pt", folder)
+                 "--device", device, "--ckpt-dir", str(source)], folder / "pretrain.log", deadline)
+        shutil.copy(source / "small-pretrain.pt", folder)
         run(["train_sft.py", "--size", "small", "--stage", "warmup", "--stop-accuracy", str(threshold),
-             "--eval-every", "50", "--seed", str(seed), "--threads", "1", "--device", device, "--ckpt-dir",
+             "--eval-every", str(WARMUP_EVAL_EVERY), "--seed", str(seed), "--threads", "1", "--device", device, "--ckpt-dir",
              str(folder)], folder / "warmup.log", deadline)
     return folder
 
@@ -89,6 +94,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--deadline", type=float, default=3600, help="seconds from the start for every job")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--given-threshold", type=float, default=0.6,
+                   help="the threshold --pretrained's small-warmup.pt files were stopped at (session 8's: 0.6)")
     p.add_argument("--work", type=Path, default=Path("/tmp/rl_sweep"))
     p.add_argument("--out", type=Path, default=Path("rl_sweep.jsonl"))
     a = p.parse_args()
@@ -96,7 +103,7 @@ def main() -> None:
     names, seeds = a.configs.split(","), [int(s) for s in a.seeds.split(",")]
     thresholds = sorted({CONFIGS[n][0] for n in names})
     with ThreadPoolExecutor(a.workers) as pool:
-        warm = {(t, s): pool.submit(warmup, a.work, a.pretrained, t, s, a.device, deadline, 0.6)
+        warm = {(t, s): pool.submit(warmup, a.work, a.pretrained, t, s, a.device, deadline, a.given_threshold)
                 for t in thresholds for s in seeds}
         jobs = [pool.submit(lambda n, s: job(n, s, warm[(CONFIGS[n][0], s)].result(), a.work, a.device, a.steps,
                                              deadline), n, s) for n in names for s in seeds]

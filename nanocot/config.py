@@ -106,18 +106,15 @@ STAGE_DEFAULTS: dict[str, TrainConfig] = {
     # 0, not to 6e-4: at 6e-4 held-out accuracy still jumped by 10 points between evaluations, and one run ended on
     # such a dip (99% at step 9,500, 88.6% at 10,000); decayed to 0, 100 / 100 / 99.8% on seeds 0-2 (session 4).
     "direct": TrainConfig(steps=10000, batch_size=128, lr=6e-3, min_lr_ratio=0.0, eval_every=500),
-    # CoT warm-up on reference traces of 2..4 operands (the task's mix), after the 3,000-step pretraining: 800 x 128
-    # -> ~97% greedy on 4 operands, so REINFORCE has little left to do. Shorter or 4-operand-poor warm-ups leave
-    # RL a gap to close (e.g. --steps 600 --easier-fraction 0.95: 53-60% on seed 0, which RL takes to ~80-87%), but
-    # where they land is a coin flip: chaining four steps appears suddenly (seed 1: 8%; another mix: 4% -> 88% in
-    # 150 steps), so the default stays the warm-up that works on every seed (docs/LOG.md, session 3).
+    # CoT warm-up on reference traces of 2..4 operands (the task's mix). Run to the end it takes the model to ~100%,
+    # leaving REINFORCE nothing to do; stopped by steps it lands anywhere, because chaining four steps appears
+    # suddenly (the one-head model sits at ~5% for 400-1,000 steps, then gains 15-40 points per 50 steps). So it
+    # stops at the first evaluation (every 25 steps) where accuracy on training-split problems reaches 70%: held-out
+    # 71 / 80 / 81% on seeds 0-2, which REINFORCE takes to 97-99% (docs/LOG.md, session 9). 2,000 steps is the cap
+    # for a seed where chaining never appears (after 1,000, 3 of 11 seeds were still at 4-17%; session 8).
     # A fifth of its examples teach *reading* a paraphrased trace (loss on the answer only): without them the model
-    # could not read a reworded trace of its own (reword 16%, words 10% on seed 0); with them 96-99%. 1,000 steps
-    # instead of 800 keep the trace-writing practice of the old warm-up (docs/LOG.md, session 4).
-    # 2,000 steps for the one-head small model: it sits at ~5% for 500-1,000 steps before chaining appears, and
-    # after 1,000 steps 3 of 11 seeds were still there (4-17%); after 2,000, those three were at 99.7-100%
-    # (docs/LOG.md, session 8).
-    "warmup": TrainConfig(steps=2000, batch_size=128, lr=1e-3, eval_every=200, paraphrase_fraction=0.2),
+    # could not read a reworded trace of its own (reword 16%, words 10% on seed 0); with them 96-99% (session 4).
+    "warmup": TrainConfig(steps=2000, batch_size=128, lr=1e-3, eval_every=25, paraphrase_fraction=0.2, stop_accuracy=0.7),
 }
 
 

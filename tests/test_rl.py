@@ -43,9 +43,9 @@ def tiny_model(seed: int = 0) -> GPT:
 
 def test_learning_rate_schedules():
     """Warm-up ramps linearly; cosine ends at 0 on the last step; constant stays at lr; Adam gets the betas."""
-    cfg = RLConfig(lr=1e-3, steps=100, warmup_steps=10)
+    cfg = RLConfig(lr=1e-3, steps=100, warmup_steps=10, lr_schedule="constant")
     assert rl.learning_rate(cfg, 0) == pytest.approx(1e-4) and rl.learning_rate(cfg, 50) == pytest.approx(1e-3)
-    cos = RLConfig(lr=1e-3, steps=100, lr_schedule="cosine")
+    cos = RLConfig(lr=1e-3, steps=100, warmup_steps=0, lr_schedule="cosine")
     assert rl.learning_rate(cos, 0) == pytest.approx(1e-3) and rl.learning_rate(cos, 50) == pytest.approx(5e-4)
     assert rl.learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="lr schedule"):
@@ -140,6 +140,8 @@ def _total_logp(model, text: str) -> float:
 
 
 def _trainer(model, task, groups, **overrides) -> Reinforce:
+    # one step at exactly `lr`: no warm-up ramp, no schedule (the defaults' first step is lr / 300)
+    overrides = {"warmup_steps": 0, "lr_schedule": "constant", **overrides}
     cfg = RLConfig(prompts_per_step=len(groups), samples_per_prompt=len(groups[0]), **overrides)
     trainer = Reinforce(model, task, cfg)
     trainer._sample = _fixed_sample(groups)
