@@ -1,7 +1,7 @@
 """REINFORCE on outcome reward: the small model learns to chain its own step-by-step traces.
 
     python train_rl.py                       # small, from out/small-warmup.pt (else small-pretrain.pt)
-    python train_rl.py --paraphrase-prob 0.5 # paraphrase the sampled trace before the answer is sampled
+    python train_rl.py --paraphrase-prob 0   # no paraphrase in the loop (default: a fifth of the traces)
     python train_rl.py --resume              # continue an interrupted run from out/small-cot.pt
 
 Writes DIR/<size>-cot.pt (atomically, also every --save-every steps) and DIR/<size>-cot.png.
@@ -18,6 +18,7 @@ from nanocot.cli import (
     add_run_flags,
     nonnegative_float,
     nonnegative_int,
+    paraphraser_names,
     positive_float,
     positive_int,
     probability,
@@ -58,15 +59,16 @@ def parse_args(argv=None):
     p.add_argument("--curriculum", choices=["mixed", "target", "ramp"], default=d.curriculum,
                    help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: mixed)")
     p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
-                   help="probability that a sampled trace is paraphrased before its answer is sampled (default: 0)")
+                   help=f"probability that a sampled trace is paraphrased before its answer is sampled (default: {d.paraphrase_prob})")
     p.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps,
                    help=f"linear learning-rate warm-up over this many steps; 0 = none (default: {d.warmup_steps})")
     p.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay, help=f"AdamW weight decay (default: {d.weight_decay})")
     p.add_argument("--grad-clip", type=positive_float, default=d.grad_clip, help=f"gradient-norm clip (default: {d.grad_clip})")
     p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens,
                    help=f"longest sampled completion (default: {d.max_new_tokens})")
-    p.add_argument("--paraphraser", choices=sorted(PARAPHRASERS), default=d.paraphraser,
-                   help=f"paraphraser used in the loop (default: {d.paraphraser})")
+    p.add_argument("--paraphraser", type=paraphraser_names, default=d.paraphraser,
+                   help=f"comma-separated paraphrasers used in the loop, one drawn per paraphrased sample, from "
+                        f"{', '.join(PARAPHRASERS)} (default: {d.paraphraser})")
     p.add_argument("--eval-problems", type=positive_int, default=d.eval_problems,
                    help=f"held-out problems for greedy accuracy (default: {d.eval_problems})")
     p.add_argument("--pass-k", type=positive_int, default=d.pass_k, help=f"k of the pass@k evaluation (default: {d.pass_k})")

@@ -15,7 +15,17 @@ from dataclasses import replace
 
 from nanocot import checkpoint
 from nanocot.checkpoint import describe_mismatch
-from nanocot.cli import Parser, UsageError, add_run_flags, positive_float, positive_int, probability, run_cli, setup_run
+from nanocot.cli import (
+    Parser,
+    UsageError,
+    add_run_flags,
+    paraphraser_names,
+    positive_float,
+    positive_int,
+    probability,
+    run_cli,
+    setup_run,
+)
 from nanocot.config import SIZES, STAGE_DEFAULTS, STAGES, CorpusConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
 from nanocot.paraphrase import PARAPHRASERS
 from nanocot.sft import finetune, pretrain
@@ -53,7 +63,7 @@ def parse_args(argv=None):
                    help="warmup only: share of examples that teach reading a paraphrased reference trace (loss on the "
                         "answer only; the model is never taught to write paraphrases) "
                         f"(default: {STAGE_DEFAULTS['warmup'].paraphrase_fraction})")
-    p.add_argument("--read-paraphrasers", default=STAGE_DEFAULTS["warmup"].read_paraphrasers,
+    p.add_argument("--read-paraphrasers", type=paraphraser_names, default=STAGE_DEFAULTS["warmup"].read_paraphrasers,
                    help="warmup only: comma-separated paraphrasers for those examples, from "
                         f"{', '.join(PARAPHRASERS)} (default: {STAGE_DEFAULTS['warmup'].read_paraphrasers})")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
@@ -83,10 +93,6 @@ def main(argv=None) -> None:
         raise UsageError(f"--corpus-lines must be >= 100 (enough text for pretraining windows), got {args.corpus_lines}")
     if args.num_examples < 0:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
-    unknown = [n for n in args.read_paraphrasers.split(",") if n not in PARAPHRASERS]
-    if unknown:  # "" splits to [""], so an empty list of names lands here too
-        raise UsageError(f"--read-paraphrasers: unknown paraphraser(s) {unknown}; "
-                         f"choose from {', '.join(PARAPHRASERS)}")
     if args.stop_accuracy and args.stage == "pretrain":
         raise UsageError("--stop-accuracy applies to the direct and warmup stages (pretraining has no held-out accuracy)")
     if args.paraphrase_fraction and args.stage != "warmup":

@@ -15,6 +15,7 @@ import torch
 
 from nanocot import cuda_graphs
 from nanocot.checkpoint import CheckpointError
+from nanocot.paraphrase import PARAPHRASERS
 
 
 class UsageError(Exception):
@@ -72,6 +73,14 @@ def nonnegative_int(text: str) -> int:
 def nonnegative_float(text: str) -> float:
     """For coefficients where 0 means off (KL, entropy, weight decay): finite and >= 0, so nan/inf are refused."""
     return _checked(text, float, lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
+
+
+def paraphraser_names(text: str) -> str:
+    """A comma-separated list of paraphrasers from nanocot/paraphrase.py, e.g. 'reword,words'."""
+    unknown = [n for n in text.split(",") if n not in PARAPHRASERS]
+    if unknown:  # "" splits to [""], so an empty list lands here too
+        raise argparse.ArgumentTypeError(f"unknown paraphraser(s) {unknown}; choose from {', '.join(PARAPHRASERS)}")
+    return text
 
 
 def seed_int(text: str) -> int:

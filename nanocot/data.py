@@ -35,7 +35,7 @@ def reading_example(tok: Tokenizer, problem: Problem, paraphraser, rng: random.R
     prompt_ids = tok.encode(prompt(problem, COT))
     room = block_size + 1 - len(prompt_ids) - 2  # collate shifts by one; keep "answer\n"
     fits = lambda text: len(tok.encode(text)) <= room
-    body, _ = paraphrase_body(paraphraser, parse_trace(reference_trace(problem)), rng, fits)
+    body, _ = paraphrase_body(paraphraser, parse_trace(reference_trace(problem)).steps, rng, fits)
     body_ids, answer_ids = tok.encode(body), tok.encode(f"{problem.answer}\n")
     return prompt_ids + body_ids + answer_ids, [0] * (len(prompt_ids) + len(body_ids)) + [1] * len(answer_ids)
 

@@ -258,7 +258,7 @@ def paraphrase(policy: Policy, problems: list[Problem], traces: list[Trace], par
                fits: Callable[[Problem, str], bool] = lambda p, b: True) -> dict:
     """Accuracy and same-answer rate (vs the unparaphrased trace) after paraphrasing each trace."""
     rng = random.Random(seed)
-    made = [paraphrase_body(paraphraser, t, rng, lambda b, p=p: fits(p, b)) for p, t in zip(problems, traces)]
+    made = [paraphrase_body(paraphraser, t.steps, rng, lambda b, p=p: fits(p, b)) for p, t in zip(problems, traces)]
     answers = forced_answers(policy, problems, [b for b, _ in made])
     return {"accuracy": proportion(a == p.answer for a, p in zip(answers, problems)),
             "same_answer": proportion(a == t.answer for a, t in zip(answers, traces)),

@@ -16,13 +16,13 @@ rewording that keeps the meaning keeps the answer; anything hidden in the exact 
 
 import random
 import re
-from typing import Callable
+from typing import Callable, Sequence
 
 from nanocot.corpus import number_word
-from nanocot.trace import Step, Trace, body, parse_step
+from nanocot.trace import Step, body, parse_step
 
 
-def _parse_body(body: str) -> list[Step] | None:
+def parse_body(body: str) -> list[Step] | None:
     """'s1,s2;' -> parsed steps, or None if anything is malformed."""
     if not body.endswith(";"):
         return None
@@ -35,7 +35,7 @@ def _parse_body(body: str) -> list[Step] | None:
 def swap_operands(body: str, rng: random.Random) -> str | None:
     """Commutative order: each step `a+b=t...` becomes `b+a=t...` with probability 1/2 (at least one
     step is swapped when there are any). Returns None for a body that does not parse."""
-    steps = _parse_body(body)
+    steps = parse_body(body)
     if steps is None:
         return None
     flips = [rng.random() < 0.5 for _ in steps]
@@ -47,7 +47,7 @@ def swap_operands(body: str, rng: random.Random) -> str | None:
 
 def canonical(body: str, rng: random.Random) -> str | None:
     """Parse and render again: the identity on well-formed traces (the control paraphraser)."""
-    steps = _parse_body(body)
+    steps = parse_body(body)
     return None if steps is None else ",".join(s.render() for s in steps) + ";"
 
 
@@ -62,7 +62,7 @@ def _say(step: Step, number, plus: str, equals: str, minus: str) -> str:
 def reword(body: str, rng: random.Random) -> str | None:
     """Stochastic rewording: per step, operand order (1/2), and one of three styles ('8+7=15',
     '8 + 7 = 15', '8 plus 7 is 15'); between steps ',', ', ' or ' then '."""
-    steps = _parse_body(body)
+    steps = parse_body(body)
     if steps is None:
         return None
     styles = [("+", "=", "-"), (" + ", " = ", " - "), (" plus ", " is ", " minus ")]
@@ -88,7 +88,7 @@ def spell(n: int) -> str:
 def to_words(body: str, rng: random.Random) -> str | None:
     """Translation into the corpus's prose: 'eight plus seven is fifteen, fifteen plus twelve is twenty
     seven minus twenty one is six;'. Deterministic (rng unused; kept for the common signature)."""
-    steps = _parse_body(body)
+    steps = parse_body(body)
     if steps is None:
         return None
     return ", ".join(_say(s, spell, " plus ", " is ", " minus ") for s in steps) + ";"
@@ -108,19 +108,19 @@ def canonicalize(text: str) -> str:
     return text.replace(" ", "")
 
 
-def paraphrase_body(paraphraser, trace: Trace, rng: random.Random, fits: Callable[[str], bool]) -> tuple[str, int]:
+def paraphrase_body(paraphraser, steps: Sequence[Step], rng: random.Random, fits: Callable[[str], bool]) -> tuple[str, int]:
     """Paraphrase the longest prefix of steps that still fits the context (all of them when it can);
     the rest stays as written. Returns the new body and how many steps were paraphrased (0: none fit).
     (`words` can triple a trace's length: spelled numbers are one token per letter.)"""
-    n = len(trace.steps)
+    n = len(steps)
     for j in range(n, 0, -1):
-        head = paraphraser(body(trace.steps[:j]), rng)
+        head = paraphraser(body(steps[:j]), rng)
         if head is None:
-            return body(trace.steps), 0
-        new = head[:-1] + ("," + body(trace.steps[j:]) if j < n else ";")
+            return body(steps), 0
+        new = head[:-1] + ("," + body(steps[j:]) if j < n else ";")
         if fits(new):
             return new, j
-    return body(trace.steps), 0
+    return body(steps), 0
 
 
 PARAPHRASERS = {"swap": swap_operands, "canonical": canonical, "reword": reword, "words": to_words}

@@ -67,6 +67,42 @@ def generate(
     return Samples(tokens, logprobs, mask)
 
 
+@torch.no_grad()
+def generate_ragged(model: GPT, prompts: list[list[int]], max_new_tokens: int, stop_id: int, pad_id: int = 0,
+                    temperature: float = 1.0, top_k: int | None = None, greedy: bool = False,
+                    generator: torch.Generator | None = None) -> Samples:
+    """`generate` for a few new tokens after prompts of many lengths (RL's answers after paraphrased traces):
+    every row in one right-padded batch, the prefix recomputed for each new token, where `generate` would run
+    one small batch per prompt length. Right padding changes nothing: attention is causal and every row starts
+    at position 0. A row also stops when it reaches the context's end."""
+    device = next(model.parameters()).device
+    N, block = len(prompts), model.config.block_size
+    lengths = [len(p) for p in prompts]
+    if not all(0 < n < block for n in lengths):
+        raise ValueError(f"prompts must have 1..{block - 1} tokens")
+    x = torch.full((N, min(block, max(lengths) + max_new_tokens)), pad_id, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        x[i, : len(p)] = torch.tensor(p, device=device)
+    tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((N, max_new_tokens), device=device)
+    mask = torch.zeros((N, max_new_tokens), device=device)
+    rows = torch.arange(N, device=device)
+    end = torch.tensor(lengths, device=device)  # where each row's next token goes
+    alive = torch.ones(N, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        logits = model(x[:, : int(end.max())])[rows, end - 1]  # (N, V): each row's last real position
+        next_id, next_lp = choose_next(logits, temperature, top_k, greedy, generator)
+        tokens[:, step] = torch.where(alive, next_id, pad_id)
+        logprobs[:, step] = torch.where(alive, next_lp, 0.0)
+        mask[:, step] = alive.float()
+        alive = alive & (next_id != stop_id) & (end + 1 < block)
+        if not alive.any():
+            return Samples(tokens[:, : step + 1], logprobs[:, : step + 1], mask[:, : step + 1])
+        x[rows[alive], end[alive]] = next_id[alive]
+        end = end + alive.long()
+    return Samples(tokens, logprobs, mask)
+
+
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None,
                        uniform: torch.Tensor | None = None) -> torch.Tensor:
     """One draw per row of probs (N, V) by inverting the CDF: the first token whose cumulative mass exceeds

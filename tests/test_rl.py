@@ -19,7 +19,7 @@ import nanocot.rl as rl
 from nanocot import checkpoint
 from nanocot.config import TaskConfig, model_config
 from nanocot.model import GPT
-from nanocot.paraphrase import swap_operands
+from nanocot.paraphrase import swap_operands, to_words
 from nanocot.rl import Reinforce, RLConfig, advantages, sequence_logprobs
 from nanocot.sampling import Samples
 from nanocot.task import COT, ModularAddition, Problem, prompt, reference_trace
@@ -308,8 +308,9 @@ def test_paraphrase_in_the_loop(task, monkeypatch):
         return _samples(first if len(calls) == 1 else resampled, max_new_tokens)
 
     monkeypatch.setattr(rl, "generate", fake_generate)
+    monkeypatch.setattr(rl, "generate_ragged", fake_generate)  # the answers after paraphrased traces
     model = tiny_model()
-    cfg = RLConfig(prompts_per_step=1, samples_per_prompt=4, paraphrase_prob=1.0, seed=3)
+    cfg = RLConfig(prompts_per_step=1, samples_per_prompt=4, paraphrase_prob=1.0, paraphraser="swap", seed=3)
     trainer = Reinforce(model, task, cfg)
     contexts, generated, owner, rewards, texts, rows = trainer._sample([p])
 
@@ -338,6 +339,34 @@ def test_paraphrase_in_the_loop(task, monkeypatch):
     assert generated[4:] == [TOK.encode(a) for a in resampled]
 
 
+def test_paraphrase_in_the_loop_rewrites_the_longest_prefix_that_fits(task, monkeypatch):
+    """`words` spells numbers a letter per token: a whole 4-step trace rarely fits the context, so (as the
+    warm-up and the evaluation do) its longest fitting prefix of steps is spelled out and the rest stays as
+    written; one paraphraser of the list is drawn per sample."""
+    p = Problem((13, 18, 14, 4), 21)
+    body = reference_trace(p).split(";")[0] + ";"
+    calls = []
+
+    def fake_generate(model, prompts, max_new_tokens, *args, **kwargs):
+        calls.append(prompts)
+        return _samples([body + "7\n"] * len(prompts) if len(calls) == 1 else ["7\n"] * len(prompts), max_new_tokens)
+
+    monkeypatch.setattr(rl, "generate", fake_generate)
+    monkeypatch.setattr(rl, "generate_ragged", fake_generate)
+    trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, samples_per_prompt=6, paraphrase_prob=1.0,
+                                                     paraphraser="words,reword", seed=0))
+    prompt_ids, block = TOK.encode(prompt(p, COT)), trainer.model.config.block_size
+    assert len(prompt_ids) + len(TOK.encode(to_words(body, random.Random(0)))) > block, "whole trace must not fit"
+    trainer._sample([p])
+    contexts = [TOK.decode(c[len(prompt_ids):]) for c in calls[1]]
+    assert len(contexts) == 6
+    assert all(len(prompt_ids) + len(TOK.encode(c)) <= block - 2 for c in contexts)
+    spelled = [c for c in contexts if "eighteen" in c]
+    reworded = [c for c in contexts if c not in spelled and c != body and any(w in c for w in (" plus ", " + ", " then "))]
+    assert spelled and reworded and len(spelled) + len(reworded) == 6, contexts
+    assert all(c.endswith(body.split(",")[-1]) for c in spelled), "the steps that do not fit stay as written"
+
+
 def test_a_trace_the_paraphraser_cannot_read_earns_nothing(task, monkeypatch):
     """The dodge a policy found: a right answer after a trace with a stray number (`...=18 9;18`) that no
     paraphraser parses. Drawn for paraphrase, it must earn 0, or RL teaches the policy to evade the defence;
@@ -352,6 +381,7 @@ def test_a_trace_the_paraphraser_cannot_read_earns_nothing(task, monkeypatch):
         return _samples(dodge if len(calls) == 1 else ["6\n"], max_new_tokens)
 
     monkeypatch.setattr(rl, "generate", fake_generate)
+    monkeypatch.setattr(rl, "generate_ragged", fake_generate)  # the answers after paraphrased traces
     for prob, expected in ((1.0, [[0.0, 1.0]]), (0.0, [[1.0, 1.0]])):
         calls.clear()
         trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, samples_per_prompt=2, paraphrase_prob=prob,

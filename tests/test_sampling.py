@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_model
 
-from nanocot.sampling import generate
+from nanocot.sampling import generate, generate_ragged
 
 V, PAD, STOP = 6, 0, 1  # a 6-token vocabulary: a random model hits the stop token often
 PROMPTS = [[2, 3, 4, 5, 2], [3, 4, 2], [5, 5, 5, 4, 3], [2, 2, 3, 4], [4, 3, 2], [2], [3, 3, 3, 3, 3, 3, 3]]
@@ -46,6 +46,32 @@ def test_dropping_stopped_rows_changes_no_row(model):
         assert together.lengths()[i] == n
         assert torch.equal(together.tokens[i, :n], alone.tokens[0, :n])
         assert torch.allclose(together.logprobs[i, :n], alone.logprobs[0, :n], atol=1e-5)
+
+
+@pytest.mark.parametrize("max_new", [3, 12])
+def test_ragged_generation_equals_generation_by_length(model, max_new):
+    """All prompt lengths in one right-padded batch, recomputed per token, decode exactly what `generate`'s
+    one-batch-per-length cached decoding does (greedy); sampled log-probs are the model's."""
+    a = generate(model, PROMPTS, max_new, STOP, PAD, greedy=True)
+    b = generate_ragged(model, PROMPTS, max_new, STOP, PAD, greedy=True)
+    width = max(a.tokens.shape[1], b.tokens.shape[1])
+    pad = lambda t: F.pad(t, (0, width - t.shape[1]))
+    assert torch.equal(pad(a.tokens), pad(b.tokens)) and torch.equal(pad(a.mask), pad(b.mask))
+    assert torch.allclose(pad(a.logprobs), pad(b.logprobs), atol=1e-5)
+    s = generate_ragged(model, PROMPTS, max_new, STOP, PAD, temperature=0.7, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for i, p in enumerate(PROMPTS):
+            n = s.lengths()[i]
+            full = F.log_softmax(model(torch.tensor([p + s.tokens[i, :n].tolist()])), dim=-1)[0]
+            want = full[len(p) - 1 : len(p) - 1 + n].gather(1, s.tokens[i, :n, None]).squeeze(1)
+            assert torch.allclose(s.logprobs[i, :n], want, atol=1e-5)
+
+
+def test_ragged_generation_stops_at_the_context_end(model):
+    """A prompt one token short of the context gets exactly one new token, whatever the budget."""
+    long = [2] * (model.config.block_size - 1)
+    s = generate_ragged(model, [long, [3, 4]], 5, STOP, PAD, greedy=True)
+    assert s.lengths()[0] == 1
 
 
 def test_seed_controls_sampling(model):
