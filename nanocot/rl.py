@@ -191,11 +191,11 @@ class Reinforce:
                 name = names[self.py_rng.randrange(len(names))] if len(names) > 1 else names[0]
                 steps = parse_body(parts[0])
                 room = self.model.config.block_size - len(prompts[i]) - 2  # keep space for "answer\n"
-                fits = lambda b, room=room: len(tok.encode(b)) <= room
                 if steps is None:  # without this, the policy learns to dodge the defence (docs/LOG.md, session 3)
                     unreadable.add(i)
                 else:  # the longest prefix of steps whose paraphrase fits, as in the warm-up and the evaluation
                     # (`words` spells numbers a letter per token: a whole 4-step trace fits 5% of the time)
+                    fits = lambda b, room=room: len(tok.encode(b)) <= room
                     new_body, paraphrased = paraphrase_body(PARAPHRASERS[name], steps, self.py_rng, fits)
                     if paraphrased:
                         contexts.append(prompts[i]), generated.append(tok.encode(parts[0])), owner.append(i)
@@ -215,6 +215,32 @@ class Reinforce:
         rewards = torch.tensor([0.0 if i in unreadable else reward(problems[i // G], texts[i], COT)
                                 for i in range(len(rows))])
         return contexts, generated, owner, rewards.view(len(problems), G), texts, rows
+
+    def _learning_sums(self, contexts, generated, owner, adv, informative, learn: list[int], n_samples: int) -> dict:
+        """Sums over the learned segments (`learn`) of: advantage x log-prob (with gradient), informative tokens,
+        entropy (with gradient), the KL estimate to the start policy, and tokens. The answers re-sampled after
+        paraphrased traces (segments from n_samples on) sit in contexts about twice a trace's length: they are
+        run apart, so the traces are not padded to their length."""
+        G = self.config.samples_per_prompt
+        total = {"pg": 0.0, "tokens": 0.0, "entropy": 0.0, "kl": 0.0, "count": 0.0}
+        for part in ([s for s in learn if s < n_samples], [s for s in learn if s >= n_samples]):
+            if not part:
+                continue
+            ctx, gen = [contexts[s] for s in part], [generated[s] for s in part]
+            owner_t = torch.tensor([owner[s] for s in part])
+            logp, entropy, mask = sequence_logprobs(self.model, ctx, gen, self.tok.pad_id)
+            seg_adv = adv.flatten()[owner_t].to(logp.device)  # (S,) advantage of each segment's sample
+            seg_informative = informative[owner_t // G].float().to(logp.device)
+            total["pg"] = total["pg"] + ((seg_adv * seg_informative)[:, None] * logp).sum()
+            total["tokens"] = total["tokens"] + (mask.sum(1) * seg_informative).sum()
+            total["entropy"] = total["entropy"] + entropy.sum()
+            total["count"] = total["count"] + mask.sum()
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_logp, _, _ = sequence_logprobs(self.reference, ctx, gen, self.tok.pad_id)
+                log_ratio = (ref_logp - logp) * mask
+                total["kl"] = total["kl"] + ((log_ratio.exp() - 1 - log_ratio) * mask).sum()  # k3 estimator, >= 0
+        return total
 
     def step(self) -> dict:
         cfg = self.config
@@ -245,26 +271,7 @@ class Reinforce:
                          seconds_learning=time.perf_counter() - t1, **({"kl": float("nan")} if self.reference is not None else {}))
             self.step_index += 1
             return stats
-        # The answers re-sampled after paraphrased traces (the segments after the samples' own) sit in contexts
-        # about twice as long as a trace's: run apart, so the traces are not padded to their length.
-        total = {"pg": 0.0, "tokens": 0.0, "entropy": 0.0, "kl": 0.0, "count": 0.0}
-        for part in ([s for s in learn if s < len(rows)], [s for s in learn if s >= len(rows)]):
-            if not part:
-                continue
-            ctx, gen = [contexts[s] for s in part], [generated[s] for s in part]
-            owner_t = torch.tensor([owner[s] for s in part])
-            logp, entropy, mask = sequence_logprobs(self.model, ctx, gen, self.tok.pad_id)
-            seg_adv = adv.flatten()[owner_t].to(logp.device)  # (S,) advantage of each segment's sample
-            seg_informative = informative[owner_t // G].float().to(logp.device)
-            total["pg"] = total["pg"] + ((seg_adv * seg_informative)[:, None] * logp).sum()
-            total["tokens"] = total["tokens"] + (mask.sum(1) * seg_informative).sum()
-            total["entropy"] = total["entropy"] + entropy.sum()
-            total["count"] = total["count"] + mask.sum()
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref_logp, _, _ = sequence_logprobs(self.reference, ctx, gen, self.tok.pad_id)
-                log_ratio = (ref_logp - logp) * mask
-                total["kl"] = total["kl"] + ((log_ratio.exp() - 1 - log_ratio) * mask).sum()  # k3 estimator, >= 0
+        total = self._learning_sums(contexts, generated, owner, adv, informative, learn, len(rows))
         stats["entropy"] = (total["entropy"] / total["count"]).item()
         if self.reference is not None:
             stats["kl"] = (total["kl"] / total["count"]).item()  # KL(policy || start) per token
