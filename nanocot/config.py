@@ -110,7 +110,7 @@ STAGE_DEFAULTS: dict[str, TrainConfig] = {
     # leaving REINFORCE nothing to do; stopped by steps it lands anywhere, because chaining four steps appears
     # suddenly (the one-head model sits at ~5% for 400-1,000 steps, then gains 15-40 points per 50 steps). So it
     # stops at the first evaluation (every 25 steps) where accuracy on training-split problems reaches 70%: held-out
-    # 71 / 80 / 81% on seeds 0-2, which REINFORCE takes to 97-99% (docs/LOG.md, session 9). 2,000 steps is the cap
+    # 73.0 / 76.0 / 79.9% on seeds 0-2, which REINFORCE takes to 98.1-99.2% (docs/LOG.md, session 9). 2,000 steps is the cap
     # for a seed where chaining never appears (after 1,000, 3 of 11 seeds were still at 4-17%; session 8).
     # A fifth of its examples teach *reading* a paraphrased trace (loss on the answer only): without them the model
     # could not read a reworded trace of its own (reword 16%, words 10% on seed 0); with them 96-99% (session 4).
