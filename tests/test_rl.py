@@ -164,6 +164,24 @@ def test_step_loss_is_advantage_weighted_logprob(task):
     assert stats["reward"] == 0.75 and stats["informative_groups"] == 0.5
 
 
+def test_answers_after_paraphrased_traces_are_learned_as_in_one_batch(task):
+    """The answers re-sampled after paraphrased traces are run apart from the traces (padded to their own,
+    longer contexts); the loss must be what one batch of all segments gives: -sum(adv * logp) / tokens."""
+    model = tiny_model()
+    trainer = _trainer(model, task, [[(RIGHT, 1.0), (WRONG, 0.0)]], lr=1e-3)
+    ctx = TOK.encode(prompt(PROBLEM, COT))
+    paraphrased = ctx + TOK.encode("8 plus 7 is 15, 15 plus 12 is 27 minus 21 is 6;")
+    body = TOK.encode(RIGHT.split(";")[0] + ";")
+    contexts, generated = [ctx, ctx, paraphrased], [body, TOK.encode(WRONG), TOK.encode("6\n")]
+    owner = [0, 1, 0]  # sample 0's trace in its own context, then its answer after the paraphrase
+    trainer._sample = lambda problems: (contexts, generated, owner, torch.tensor([[1.0, 0.0]]), [None, WRONG], [body, []])
+    with torch.no_grad():
+        logp, _, mask = sequence_logprobs(model, contexts, generated, TOK.pad_id)
+    expected = -(logp[0].sum() + logp[2].sum() - logp[1].sum()) / mask.sum()  # loo advantages +1 / -1
+    stats = trainer.step()
+    assert stats["loss"] == pytest.approx(expected.item(), rel=1e-4)
+
+
 @pytest.mark.parametrize("coefs, rows", [({}, 2), ({"entropy_coef": 0.01}, 4), ({"kl_coef": 0.1}, 4)])
 def test_only_informative_samples_are_learned_from(task, monkeypatch, coefs, rows):
     """An all-equal group's policy gradient is exactly zero, so its samples skip the forward and backward;
