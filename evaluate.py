@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from nanocot import report
-from nanocot.cli import Parser, UsageError, add_graph_flag, apply_graph_flag, pick_device, positive_int, run_cli, seed_int, writable_dir
+from nanocot.cli import Parser, UsageError, add_graph_flag, positive_int, run_cli, seed_int, setup_device, writable_dir
 from nanocot.evaluation import QUICK, Sizes, load_models, run
 
 
@@ -36,10 +36,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    apply_graph_flag(args)
+    device = setup_device(args)
     folder = Path(args.ckpt_dir)
     if not folder.is_dir():
         raise UsageError(f"checkpoint folder {folder} does not exist")

@@ -105,13 +105,18 @@ def apply_graph_flag(args: argparse.Namespace) -> None:
     cuda_graphs.ENABLED = not args.no_cuda_graphs
 
 
-def setup_run(args: argparse.Namespace) -> tuple[torch.device, Path]:
-    """Apply the shared flags: pick the device, set the thread count, check the folder is writable."""
+def setup_device(args: argparse.Namespace) -> torch.device:
+    """Apply --device, --threads and --no-cuda-graphs (every script has them)."""
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     apply_graph_flag(args)
-    return device, writable_dir(args.ckpt_dir)
+    return device
+
+
+def setup_run(args: argparse.Namespace) -> tuple[torch.device, Path]:
+    """Apply the training scripts' shared flags: the device ones, and check the folder is writable."""
+    return setup_device(args), writable_dir(args.ckpt_dir)
 
 
 def pick_device(name: str) -> torch.device:

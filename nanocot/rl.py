@@ -183,11 +183,11 @@ class Reinforce:
         contexts, generated, owner, texts = [], [], [], []
         paraphrased_at = []  # (sample index, context for the re-sampled answer)
         unreadable = set()  # drawn for paraphrase, but the paraphraser could not read the trace: reward 0
+        names = cfg.paraphraser.split(",")  # one of them is drawn per paraphrased sample
         for i, ids in enumerate(rows):
             text = tok.decode(ids)
             parts = split_answer(text)
             if cfg.paraphrase_prob > 0 and parts and self.py_rng.random() < cfg.paraphrase_prob:
-                names = cfg.paraphraser.split(",")
                 name = names[self.py_rng.randrange(len(names))] if len(names) > 1 else names[0]
                 steps = parse_body(parts[0])
                 room = self.model.config.block_size - len(prompts[i]) - 2  # keep space for "answer\n"

@@ -80,9 +80,8 @@ def generate_ragged(model: GPT, prompts: list[list[int]], max_new_tokens: int, s
     lengths = [len(p) for p in prompts]
     if not all(0 < n < block for n in lengths):
         raise ValueError(f"prompts must have 1..{block - 1} tokens")
-    x = torch.full((N, min(block, max(lengths) + max_new_tokens)), pad_id, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        x[i, : len(p)] = torch.tensor(p, device=device)
+    width = min(block, max(lengths) + max_new_tokens)
+    x = torch.tensor([p + [pad_id] * (width - len(p)) for p in prompts], device=device)  # one copy to the device
     tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logprobs = torch.zeros((N, max_new_tokens), device=device)
     mask = torch.zeros((N, max_new_tokens), device=device)

@@ -149,7 +149,7 @@ class ModularAddition:
 
     def test_set(self, size: int | None = None) -> list[Problem]:
         """Held-out in-distribution problems with k = num_operands; the same list for every seed. Drawn once
-        per task (REINFORCE evaluates every 50 steps, and a draw hashes ~50,000 candidates): a shorter list
+        per task (REINFORCE and the warm-up evaluate every few steps, and a draw hashes ~50,000 candidates): a shorter list
         is the first `size` problems of a longer one, so the longest drawn so far serves every size."""
         size = size or self.config.test_size
         drawn = _TEST_SETS.get(self.config, [])
