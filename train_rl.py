@@ -56,6 +56,9 @@ def parse_args(argv=None):
                    help="leave-one-out, group-mean, or none (reinforce right traces only) (default: %(default)s)")
     p.add_argument("--kl", type=nonnegative_float, default=d.kl_coef, help="KL penalty to the starting policy (default: 0 = off)")
     p.add_argument("--entropy", type=nonnegative_float, default=d.entropy_coef, help="entropy bonus (default: 0 = off)")
+    p.add_argument("--kl-log-samples", type=nonnegative_int, default=d.kl_log_samples,
+                   help=f"with --kl 0, the logged KL to the start policy is estimated on this many of each step's learned "
+                        f"samples; 0 = all (default: {d.kl_log_samples})")
     p.add_argument("--curriculum", choices=["mixed", "target", "ramp"], default=d.curriculum,
                    help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: mixed)")
     p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
@@ -89,7 +92,8 @@ def main(argv=None) -> None:
     config = RLConfig(steps=args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
                       beta1=args.beta1, beta2=args.beta2, lr_schedule=args.lr_schedule,
                       temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
-                      entropy_coef=args.entropy, curriculum=args.curriculum, paraphrase_prob=args.paraphrase_prob,
+                      entropy_coef=args.entropy, kl_log_samples=args.kl_log_samples, curriculum=args.curriculum,
+                      paraphrase_prob=args.paraphrase_prob,
                       eval_every=args.eval_every, seed=args.seed, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
                       max_new_tokens=args.max_new_tokens, warmup_steps=args.warmup_steps,
                       paraphraser=args.paraphraser, eval_problems=args.eval_problems,
@@ -104,7 +108,8 @@ def main(argv=None) -> None:
         if "rl_state" not in saved:
             raise UsageError(f"{out_path} is a finished run (step {saved['step']}); nothing to resume")
         start = saved["start"]
-        config = replace(RLConfig(**{f.name: saved["rl_config"][f.name] for f in fields(RLConfig)}), steps=args.steps)
+        known = {f.name for f in fields(RLConfig)}  # a field added since the save keeps its default
+        config = replace(RLConfig(**{k: v for k, v in saved["rl_config"].items() if k in known}), steps=args.steps)
         resume = {"trainer": saved["rl_state"], "record": saved["record"]}
     else:
         candidates = {"warmup": [folder / f"{args.size}-warmup.pt"], "pretrain": [folder / f"{args.size}-pretrain.pt"],

@@ -89,7 +89,8 @@ def generate_ragged(model: GPT, prompts: list[list[int]], max_new_tokens: int, s
     end = torch.tensor(lengths, device=device)  # where each row's next token goes
     alive = torch.ones(N, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
-        logits = model(x[:, : int(end.max())])[rows, end - 1]  # (N, V): each row's last real position
+        features = model.features(x[:, : int(end.max())])[0]  # (N, T, d)
+        logits = model.unembed(features[rows, end - 1])  # (N, V): unembedded at each row's last real position only
         next_id, next_lp = choose_next(logits, temperature, top_k, greedy, generator)
         tokens[:, step] = torch.where(alive, next_id, pad_id)
         logprobs[:, step] = torch.where(alive, next_lp, 0.0)

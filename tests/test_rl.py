@@ -191,10 +191,32 @@ def test_only_informative_samples_are_learned_from(task, monkeypatch, coefs, row
     trainer.reference = copy.deepcopy(model).eval()
     seen = []
     real = rl.sequence_logprobs
-    monkeypatch.setattr(rl, "sequence_logprobs", lambda m, c, g, pad: seen.append(len(c)) or real(m, c, g, pad))
+    monkeypatch.setattr(rl, "sequence_logprobs", lambda m, c, g, *a: seen.append(len(c)) or real(m, c, g, *a))
     stats = trainer.step()
     assert seen == [rows, rows]  # the policy's forward, then the start policy's (KL log)
     assert stats["skipped"] == 0.0 and stats["kl"] >= 0.0 and stats["entropy"] > 0.0
+
+
+def test_kl_log_is_estimated_on_the_first_learned_samples(task, monkeypatch):
+    """With the KL penalty off, the start policy runs only on the first `kl_log_samples` learned samples, and
+    the logged KL is the k3 estimate over exactly their tokens."""
+    model = tiny_model()
+    completions = [[(RIGHT, 1.0), (WRONG, 0.0)], [(WRONG, 0.0), (RIGHT, 1.0)]]
+    trainer = _trainer(model, task, completions, lr=1e-3, kl_log_samples=1)
+    start = tiny_model(seed=1).eval()  # a different policy, so the KL is not zero
+    trainer.reference = start
+    seen = []
+    real = rl.sequence_logprobs
+    monkeypatch.setattr(rl, "sequence_logprobs", lambda m, c, g, *a: seen.append(len(c)) or real(m, c, g, *a))
+    ctx, right = [TOK.encode(prompt(PROBLEM, COT))], [TOK.encode(RIGHT)]
+    with torch.no_grad():
+        logp, _, mask = real(model, ctx, right, TOK.pad_id)
+        ref_logp, _, _ = real(start, ctx, right, TOK.pad_id)
+    log_ratio = (ref_logp - logp) * mask
+    expected = ((log_ratio.exp() - 1 - log_ratio) * mask).sum() / mask.sum()
+    stats = trainer.step()
+    assert seen == [4, 1]  # every learned sample's forward, then the start policy on the first one only
+    assert stats["kl"] == pytest.approx(expected.item(), rel=1e-4) and stats["kl"] > 0
 
 
 @pytest.mark.parametrize("optimizer, lr", [("adamw", 3e-3), ("sgd", 0.1)])
