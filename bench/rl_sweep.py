@@ -3,8 +3,10 @@ warm-up to the large model's accuracy, on every seed, within the CPU budget? (is
 
 Each job runs the real scripts, one thread each: `train_sft.py --stage warmup --stop-accuracy A` from a
 pretrained small checkpoint (once per threshold and seed, shared by the configs), then `train_rl.py` with the
-config's flags. One JSON line per job: held-out greedy accuracy at every RL evaluation, seconds, and where
-the warm-up stopped. A job still running at --deadline is stopped; its last saved evaluation is reported.
+config's flags. One JSON line per job: held-out greedy accuracy at every RL evaluation, seconds, where the
+warm-up stopped, and at the end (`reading`) accuracy on 500 test problems and on the same problems after each
+paraphraser rewrites the model's own right, checkable traces (as `evaluate.py` measures it). A job still
+running at --deadline is stopped; its last saved state is reported and read (`steps_done` says where).
     python bench/rl_sweep.py --pretrained /tmp/i3e --configs base,t1 --seeds 0,1,2 --workers 2
 (--pretrained holds seed-S/small-pretrain.pt, and seed-S/small-warmup.pt to reuse a warm-up stopped at
 --given-threshold; missing pretrained checkpoints are made first.)
@@ -35,6 +37,10 @@ CONFIGS = {  # name: (warm-up stop threshold, train_rl.py flags); later flags wi
     "t1": (0.6, S3 + ["--lr", "2e-4", "--temperature", "1.0"]),
     "g16": (0.6, S3 + ["--lr", "2e-4", "--prompts", "16", "--samples", "16"]),
     "s75w": (0.75, S3 + ["--lr", "2e-4", "--warmup-steps", "200"]),
+    # session 10: how much paraphrase in the loop keeps number words read (seed 1 read them at 90.7% with p 0.1)
+    "p15": (0.7, ["--paraphrase-prob", "0.15"]),
+    "p2": (0.7, ["--paraphrase-prob", "0.2"]),
+    "words2": (0.7, ["--paraphraser", "reword,words,words"]),  # number words drawn 2 times in 3
 }
 
 
@@ -81,8 +87,35 @@ def job(name: str, seed: int, warm: Path, work: Path, device: str, steps: int, d
     if (folder / "small-cot.pt").exists():
         r = torch.load(folder / "small-cot.pt", map_location="cpu", weights_only=False)["record"]
         row.update(evals=[(e["step"], round(e["test_accuracy"], 3)) for e in r["eval"]],
-                   rl_seconds=round(r["seconds"], 1), steps_done=len(r["steps"]))
+                   rl_seconds=round(r["seconds"], 1), steps_done=len(r["steps"]), reading=reading(folder / "small-cot.pt"))
     return row
+
+
+def reading(path: Path, n: int = 500) -> dict:
+    """Greedy accuracy on the first n test problems, and accuracy after each paraphraser rewrites the model's
+    own right and checkable traces of them (faithfulness.paraphrase, as evaluate.py runs it)."""
+    from nanocot import checkpoint, faithfulness
+    from nanocot.config import TaskConfig, from_dict
+    from nanocot.metrics import cot_completions
+    from nanocot.monitor import check
+    from nanocot.paraphrase import PARAPHRASERS
+    from nanocot.sft import build_model
+    from nanocot.task import COT, ModularAddition, parse_answer
+    from nanocot.tokenizer import Tokenizer
+    from nanocot.trace import parse_trace
+
+    saved = checkpoint.load(path)
+    model, tok = build_model(saved, "cpu").eval(), Tokenizer()
+    test = ModularAddition(from_dict(TaskConfig, saved["task_config"])).test_set()[:n]
+    texts = cot_completions(model, tok, test)
+    right = [(p, t) for p, t in zip(test, texts) if parse_answer(t, COT) == p.answer and check(p, t).valid]
+    policy = faithfulness.ModelPolicy(model, tok, COT)
+    problems, traces = [p for p, _ in right], [parse_trace(t) for _, t in right]
+    result = {"accuracy": round(sum(parse_answer(t, COT) == p.answer for p, t in zip(test, texts)) / n, 4)}
+    for name in ("swap", "reword", "words"):
+        measured = faithfulness.paraphrase(policy, problems, traces, PARAPHRASERS[name], 0, fits=policy.fits)
+        result[name] = round(measured["accuracy"]["value"], 4)
+    return result
 
 
 def main() -> None:
@@ -99,6 +132,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/rl_sweep"))
     p.add_argument("--out", type=Path, default=Path("rl_sweep.jsonl"))
     a = p.parse_args()
+    torch.set_num_threads(1)  # the end-of-job readings run in this process, one per worker thread
     deadline = time.time() + a.deadline
     names, seeds = a.configs.split(","), [int(s) for s in a.seeds.split(",")]
     thresholds = sorted({CONFIGS[n][0] for n in names})
