@@ -38,6 +38,7 @@ CONFIGS = {  # name: (warm-up stop threshold, train_rl.py flags); later flags wi
     "g16": (0.6, S3 + ["--lr", "2e-4", "--prompts", "16", "--samples", "16"]),
     "s75w": (0.75, S3 + ["--lr", "2e-4", "--warmup-steps", "200"]),
     # session 10: how much paraphrase in the loop keeps number words read (seed 1 read them at 90.7% with p 0.1)
+    "p1": (0.7, ["--paraphrase-prob", "0.1"]),  # session 9's default
     "p15": (0.7, ["--paraphrase-prob", "0.15"]),
     "p2": (0.7, ["--paraphrase-prob", "0.2"]),
     "words2": (0.7, ["--paraphraser", "reword,words,words"]),  # number words drawn 2 times in 3
