@@ -45,10 +45,10 @@ from nanocot.train import SELECTIVE_UNEMBED_DEVICES, fused_adam, lr_at, stop_req
 @dataclass(frozen=True)
 class RLConfig:
     """Defaults measured in docs/LOG.md (sessions 3, 9 and 10): from the warm-up stopped at 70% (73-80% held-out),
-    2,500 steps took the one-head small model to 98.1-99.2%, within 3 points of the large one on three seeds, in
-    244-292 s here; 2,000 steps (the default since session 10, for issue 3's four minutes) reached 97.8-97.9% on
-    seeds 0-1. Where the recipe of session 3 (lr 1e-4, T 0.5, constant, 600 steps) got seed 0 from 66% to 88% in
-    1,500 steps, this one gets it to 94%; the rest of the gap was the warm-up's stopping point (session 9)."""
+    2,000 steps take the one-head small model to 97.3-98.9%, within 3 points of the large one on three seeds, in
+    195-224 s here (session 10; session 9's 2,500 steps: 98.1-99.2% in 244-292 s). Where the recipe of session 3
+    (lr 1e-4, T 0.5, constant, 600 steps) got seed 0 from 66% to 88% in 1,500 steps, this one gets it to 94%; the
+    rest of the gap was the warm-up's stopping point (session 9)."""
 
     steps: int = 2000
     prompts_per_step: int = 32
@@ -78,10 +78,10 @@ class RLConfig:
     kl_log_samples: int = 64
     curriculum: str = "target"  # "mixed": k uniform in [min_operands, k] per step; "target": always k; "ramp": easy -> hard
     # Paraphrase in the loop, on by default: 2,500 steps without it wore away the warm-up's reading of reworded
-    # traces (seed 0: reword 98.6 -> 46.5%, number words 97.2 -> 45.9%); with a tenth of the answers re-sampled
-    # after a reworded or spelled-out trace, 99.4% and 96.4% at the same accuracy (session 9). At 2,000 steps a
-    # tenth left seed 1 reading at 94.9 / 95.7% (mean gap with swap 3.2 points); 0.15 kept every seed's mean gap
-    # under 1.9 for 4% more time per run (0.2: 10% more, and seed 0 ended at 94.4%; docs/LOG.md, session 10)
+    # traces (seed 0: reword 98.6 -> 46.5%, number words 97.2 -> 45.9%; session 9). At 2,000 steps with a tenth of
+    # the answers re-sampled after a reworded or spelled-out trace, seed 1 read them at 94.8 / 95.7% (mean gap with
+    # swap 3.2 points); 0.15 kept the gap at or under 1.9 on six seeds for 4-5% more time per run (0.2: 10% more, and
+    # seed 0 ended at 94.4%; docs/LOG.md, session 10)
     paraphrase_prob: float = 0.15
     paraphraser: str = "reword,words"  # comma-separated; one drawn per paraphrased sample
     max_new_tokens: int = 80
