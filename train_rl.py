@@ -60,7 +60,7 @@ def parse_args(argv=None):
                    help=f"with --kl 0, the logged KL to the start policy is estimated on this many of each step's learned "
                         f"samples; 0 = all (default: {d.kl_log_samples})")
     p.add_argument("--curriculum", choices=["mixed", "target", "ramp"], default=d.curriculum,
-                   help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: mixed)")
+                   help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: %(default)s)")
     p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
                    help=f"probability that a sampled trace is paraphrased before its answer is sampled (default: {d.paraphrase_prob})")
     p.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps,
@@ -83,6 +83,13 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from DIR/<size>-cot.pt")
     add_run_flags(p, "seed for sampling and problem order")
     return p.parse_args(argv)
+
+
+def resumed_config(saved: dict, steps: int) -> RLConfig:
+    """The saved run's RLConfig with `steps` to run to. A field added to RLConfig since the save keeps its default
+    (a run saved by an older nanocot still resumes); one removed since is ignored."""
+    known = {f.name for f in fields(RLConfig)}
+    return replace(RLConfig(**{k: v for k, v in saved.items() if k in known}), steps=steps)
 
 
 def main(argv=None) -> None:
@@ -108,8 +115,7 @@ def main(argv=None) -> None:
         if "rl_state" not in saved:
             raise UsageError(f"{out_path} is a finished run (step {saved['step']}); nothing to resume")
         start = saved["start"]
-        known = {f.name for f in fields(RLConfig)}  # a field added since the save keeps its default
-        config = replace(RLConfig(**{k: v for k, v in saved["rl_config"].items() if k in known}), steps=args.steps)
+        config = resumed_config(saved["rl_config"], args.steps)
         resume = {"trainer": saved["rl_state"], "record": saved["record"]}
     else:
         candidates = {"warmup": [folder / f"{args.size}-warmup.pt"], "pretrain": [folder / f"{args.size}-pretrain.pt"],

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -515,6 +516,18 @@ def test_cli_usage_errors(tmp_path, capsys, args, expected):
     assert "Traceback" not in err and len(lines) == 1, err
     assert expected in lines[0], lines[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_resume_reads_a_config_saved_by_an_older_version():
+    """A resumable checkpoint saved before a field was added to RLConfig resumes with that field's default; a
+    field since removed is ignored; the saved values and the new step count are kept."""
+    import train_rl
+
+    saved = asdict(RLConfig(lr=1e-3, kl_log_samples=7))
+    del saved["kl_log_samples"]
+    saved["a_removed_knob"] = 1
+    config = train_rl.resumed_config(saved, steps=10)
+    assert config.lr == 1e-3 and config.steps == 10 and config.kl_log_samples == RLConfig().kl_log_samples
 
 
 def test_cli_tiny_end_to_end(end_to_end):
