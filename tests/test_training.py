@@ -154,6 +154,29 @@ def test_masked_loss_token_accuracy(tok):
     assert masked_loss(model, (x, mixed, mask))[1].item() == pytest.approx(0.5)
 
 
+def test_masked_loss_with_every_token_counted_equals_the_masked_formula(tok):
+    """An all-ones mask (pretraining) takes a plain mean cross-entropy; loss, token accuracy (argmax == target)
+    and every gradient must equal the masked formula's."""
+    x = torch.randint(1, len(tok), (3, 20), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(1, len(tok), (3, 20), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 20)
+    model = make_model(len(tok), std=0.5)
+    with torch.no_grad():
+        y[0, :10] = model(x)[0, :10].argmax(-1)  # some right predictions, so the accuracy is not 0
+    loss, accuracy = masked_loss(model, (x, y, mask))
+    loss.backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(x)
+    per_token = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
+    full = (per_token * mask).sum() / mask.sum()
+    full.backward()
+    assert loss.item() == pytest.approx(full.item(), rel=1e-6)
+    assert accuracy.item() == pytest.approx((logits.argmax(-1) == y).float().mean().item()) and accuracy.item() >= 10 / 60
+    for a, p in zip(plain, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-7)
+
+
 def test_micro_batches_give_the_one_batch_gradient(tok):
     """Rows collated apart (the warm-up's long reading examples) must train exactly like one padded batch:
     same loss, accuracy and gradient, each token weighted once over the whole step."""
