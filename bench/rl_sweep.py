@@ -109,10 +109,11 @@ def reading(path: Path, n: int = 500) -> dict:
     model, tok = build_model(saved, "cpu").eval(), Tokenizer()
     test = ModularAddition(from_dict(TaskConfig, saved["task_config"])).test_set()[:n]
     texts = cot_completions(model, tok, test)
-    right = [(p, t) for p, t in zip(test, texts) if parse_answer(t, COT) == p.answer and check(p, t).valid]
+    correct = [parse_answer(t, COT) == p.answer for p, t in zip(test, texts)]
+    right = [(p, t) for p, t, ok in zip(test, texts, correct) if ok and check(p, t).valid]
     policy = faithfulness.ModelPolicy(model, tok, COT)
     problems, traces = [p for p, _ in right], [parse_trace(t) for _, t in right]
-    result = {"accuracy": round(sum(parse_answer(t, COT) == p.answer for p, t in zip(test, texts)) / n, 4)}
+    result = {"accuracy": round(sum(correct) / n, 4)}
     for name in ("swap", "reword", "words"):
         measured = faithfulness.paraphrase(policy, problems, traces, PARAPHRASERS[name], 0, fits=policy.fits)
         result[name] = round(measured["accuracy"]["value"], 4)

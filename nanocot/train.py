@@ -87,8 +87,9 @@ def target_is_top(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def masked_loss(model: GPT, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over the masked target tokens, and the token accuracy there. Pretraining (every
-    token counts) takes the plain path everywhere."""
+    """Mean cross-entropy over the masked target tokens, and the token accuracy there. Three paths with the same
+    loss and gradient: on a CPU, a partial mask (SFT) unembeds only the masked positions and a full one
+    (pretraining) takes a plain mean; elsewhere (no host sync to read the mask) a masked mean over every position."""
     x, y, mask = batch
     selective = x.device.type in SELECTIVE_UNEMBED_DEVICES  # where reading the mask costs no host sync
     every = selective and bool(mask.all())
