@@ -46,8 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations (default: the stage's)")
     p.add_argument("--stop-accuracy", type=probability,
                    help="direct/warmup: stop at the first evaluation whose accuracy on 300 training-split problems "
-                        "reaches this, e.g. a warm-up that leaves REINFORCE a gap; 0 = run every step (default: the "
-                        "stage's)")
+                        "reaches this (or at the one before, if that was nearer), e.g. a warm-up that leaves REINFORCE a "
+                        "gap; 0 = run every step (default: the stage's)")
     p.add_argument("--save-every", type=positive_int, default=250,
                    help="steps between resumable checkpoints, so a crash loses at most this many steps (default: 250)")
     p.add_argument("--resume", action="store_true",

@@ -316,3 +316,30 @@ def test_stop_accuracy_ends_the_stage_at_the_first_evaluation_that_reaches_it():
     plain = TrainConfig(steps=4, batch_size=2, eval_every=2, warmup_steps=1)  # stop_accuracy 0: never stops early
     unstopped = train(make_model(len(Tokenizer()), std=0.1), plain, lambda step: batch, evaluate=lambda m: {"train_accuracy": 1.0})
     assert "stopped_at" not in unstopped and [e["step"] for e in unstopped["eval"]] == [0, 2, 4]
+
+
+@pytest.mark.parametrize("last, stopped_at", [(0.95, 3), (0.72, 6)])
+def test_stop_accuracy_returns_to_the_evaluation_before_when_it_was_nearer(last, stopped_at):
+    """The evaluation that first reaches the threshold (0.7) overshot it by more than the one before was under it
+    (0.95 vs 0.6): the stage ends at the one before, with that step's weights, per-step logs and last evaluation,
+    and keeps the later evaluation as "overshot". At 0.72 it was the nearer and the stage ends there as before."""
+    from nanocot.tokenizer import Tokenizer
+    from nanocot.train import train
+
+    model = make_model(len(Tokenizer()), std=0.1)
+    accuracies = iter([0.1, 0.6, last])
+    seen = {}
+
+    def evaluate(m):
+        seen[len(seen) * 3] = {k: v.clone() for k, v in m.state_dict().items()}  # the weights at steps 0, 3, 6
+        return {"train_accuracy": next(accuracies)}
+
+    batch = collate([task_example(Tokenizer(), PROBLEM, DIRECT)] * 2, 0, "cpu")
+    config = TrainConfig(steps=20, batch_size=2, lr=1e-2, eval_every=3, warmup_steps=1, stop_accuracy=0.7)
+    record = train(model, config, lambda step: batch, evaluate=evaluate)
+    assert record["stopped_at"] == stopped_at and [e["step"] for e in record["eval"]] == list(range(0, stopped_at + 1, 3))
+    assert record["step"] == list(range(stopped_at)) and len(record["loss"]) == stopped_at
+    assert not all(torch.equal(seen[3][k], seen[6][k]) for k in seen[3]), "the test needs the weights to move"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, seen[stopped_at][k]), k
+    assert record.get("overshot") == ({"step": 6, "train_accuracy": 0.95} if stopped_at == 3 else None)
