@@ -46,8 +46,11 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=positive_int, help="steps between held-out evaluations (default: the stage's)")
     p.add_argument("--stop-accuracy", type=probability,
                    help="direct/warmup: stop at the first evaluation whose accuracy on 300 training-split problems "
-                        "reaches this (or at the one before, if that was nearer), e.g. a warm-up that leaves REINFORCE a "
-                        "gap; 0 = run every step (default: the stage's)")
+                        "reaches this, e.g. a warm-up that leaves REINFORCE a gap; 0 = run every step (default: the "
+                        "stage's)")
+    p.add_argument("--stop-nearest", action="store_true",
+                   help="with --stop-accuracy: end at the evaluation before the first one reaching it when that one was "
+                        "nearer the threshold (a warm-up can jump 25 points between two evaluations)")
     p.add_argument("--save-every", type=positive_int, default=250,
                    help="steps between resumable checkpoints, so a crash loses at most this many steps (default: 250)")
     p.add_argument("--resume", action="store_true",
@@ -95,6 +98,8 @@ def main(argv=None) -> None:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
     if args.stop_accuracy and args.stage == "pretrain":
         raise UsageError("--stop-accuracy applies to the direct and warmup stages (pretraining has no held-out accuracy)")
+    if args.stop_nearest and args.stage == "pretrain":
+        raise UsageError("--stop-nearest applies to the direct and warmup stages (pretraining has no held-out accuracy)")
     if args.paraphrase_fraction and args.stage != "warmup":
         raise UsageError(f"--paraphrase-fraction applies to the warmup stage only, not {args.stage}")
     # --easier-fraction sets the task's mix at pretraining (later stages inherit it) and a warmup/direct stage's own otherwise
@@ -117,6 +122,7 @@ def main(argv=None) -> None:
                         eval_every=args.eval_every or defaults.eval_every,
                         easier_fraction=stage_mix, read_paraphrasers=args.read_paraphrasers,
                         stop_accuracy=defaults.stop_accuracy if args.stop_accuracy is None else args.stop_accuracy,
+                        stop_nearest=args.stop_nearest or defaults.stop_nearest,
                         paraphrase_fraction=defaults.paraphrase_fraction if args.paraphrase_fraction is None
                         else args.paraphrase_fraction)
     device, folder = setup_run(args)

@@ -208,7 +208,7 @@ def train(
         return {"step": step, "record": record, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                 "numpy_rng": position}
 
-    below = None  # with stop_accuracy: the last evaluation under it (not kept across a resume)
+    below = None  # with stop_nearest: the last evaluation under the threshold (not kept across a resume)
     start, elapsed_before = time.perf_counter(), record["seconds"]
     bar = tqdm(range(first, config.steps), desc=desc, dynamic_ncols=True, initial=first, total=config.steps)
     upcoming = draw(first) if first < config.steps else None
@@ -225,10 +225,11 @@ def train(
                 accuracy = record["eval"][-1].get("train_accuracy", 0.0)
                 if 0 < config.stop_accuracy <= accuracy:
                     record["stopped_at"] = step  # config.stop_accuracy reached: steps 0..step-1 are the run
-                    if below is not None and config.stop_accuracy - below["accuracy"] < accuracy - config.stop_accuracy:
+                    if config.stop_nearest and below is not None and \
+                            config.stop_accuracy - below["accuracy"] < accuracy - config.stop_accuracy:
                         _roll_back(model, record, below, step)
                     break
-                if config.stop_accuracy > 0:  # the nearest evaluation below the threshold, to return to
+                if config.stop_nearest and config.stop_accuracy > 0:  # the last evaluation below it, to return to
                     below = {"step": step, "accuracy": accuracy,
                              "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             set_lr(optimizer, lr_at(step, config))
@@ -264,8 +265,8 @@ def train(
 
 
 def _roll_back(model: GPT, record: dict, below: dict, overshot_step: int) -> None:
-    """The stage crossed its stop threshold by more than it was under it at the evaluation before: end at that
-    evaluation instead. Chaining steps can appear within 25 steps (seed 5: 59.7% -> 84.3% training accuracy),
+    """`stop_nearest`: the stage crossed its stop threshold by more than it was under it at the evaluation before:
+    end at that evaluation instead. Chaining steps can appear within 25 steps (seed 5: 59.7% -> 84.3% training accuracy),
     and a warm-up that overshoots leaves REINFORCE little to do (docs/LOG.md, session 10). The steps after it
     leave the record's per-step logs and its evaluation moves to record["overshot"], so the record ends where
     the weights are; their tokens, FLOPs and seconds stay counted (they were spent)."""

@@ -55,6 +55,8 @@ ERROR_CASES = [
                           *QUICK], {"tiny-pretrain.pt": "good"}, "modulus"),
     ("easier_fraction", ["--size", "tiny", "--stage", "pretrain", "--easier-fraction", "1.5", *QUICK],
      {"tiny-pretrain.pt": "good"}, "--easier-fraction"),
+    ("stop_nearest_pretrain", ["--size", "tiny", "--stage", "pretrain", "--stop-nearest", *QUICK],
+     {"tiny-pretrain.pt": "good"}, "--stop-nearest"),
     ("missing_pretrain", ["--size", "tiny", "--stage", "direct", *QUICK], {}, "tiny-pretrain.pt"),
     ("corrupt_pretrain", ["--size", "tiny", "--stage", "direct", *QUICK], {"tiny-pretrain.pt": "truncated"},
      "tiny-pretrain.pt"),

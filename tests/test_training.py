@@ -318,11 +318,12 @@ def test_stop_accuracy_ends_the_stage_at_the_first_evaluation_that_reaches_it():
     assert "stopped_at" not in unstopped and [e["step"] for e in unstopped["eval"]] == [0, 2, 4]
 
 
-@pytest.mark.parametrize("last, stopped_at", [(0.95, 3), (0.72, 6)])
-def test_stop_accuracy_returns_to_the_evaluation_before_when_it_was_nearer(last, stopped_at):
-    """The evaluation that first reaches the threshold (0.7) overshot it by more than the one before was under it
-    (0.95 vs 0.6): the stage ends at the one before, with that step's weights, per-step logs and last evaluation,
-    and keeps the later evaluation as "overshot". At 0.72 it was the nearer and the stage ends there as before."""
+@pytest.mark.parametrize("last, nearest, stopped_at", [(0.95, True, 3), (0.72, True, 6), (0.95, False, 6)])
+def test_stop_nearest_returns_to_the_evaluation_before_when_it_was_nearer(last, nearest, stopped_at):
+    """With stop_nearest, the evaluation that first reaches the threshold (0.7) overshot it by more than the one
+    before was under it (0.95 vs 0.6): the stage ends at the one before, with that step's weights, per-step logs and last evaluation,
+    and keeps the later evaluation as "overshot". At 0.72 it was the nearer and the stage ends there; without
+    stop_nearest (the default) it always ends at the first evaluation reaching the threshold."""
     from nanocot.tokenizer import Tokenizer
     from nanocot.train import train
 
@@ -335,7 +336,8 @@ def test_stop_accuracy_returns_to_the_evaluation_before_when_it_was_nearer(last,
         return {"train_accuracy": next(accuracies)}
 
     batch = collate([task_example(Tokenizer(), PROBLEM, DIRECT)] * 2, 0, "cpu")
-    config = TrainConfig(steps=20, batch_size=2, lr=1e-2, eval_every=3, warmup_steps=1, stop_accuracy=0.7)
+    config = TrainConfig(steps=20, batch_size=2, lr=1e-2, eval_every=3, warmup_steps=1, stop_accuracy=0.7,
+                         stop_nearest=nearest)
     record = train(model, config, lambda step: batch, evaluate=evaluate)
     assert record["stopped_at"] == stopped_at and [e["step"] for e in record["eval"]] == list(range(0, stopped_at + 1, 3))
     assert record["step"] == list(range(stopped_at)) and len(record["loss"]) == stopped_at
