@@ -227,7 +227,7 @@ def train(
                     record["stopped_at"] = step  # config.stop_accuracy reached: steps 0..step-1 are the run
                     if config.stop_nearest and below is not None and \
                             config.stop_accuracy - below["accuracy"] < accuracy - config.stop_accuracy:
-                        _roll_back(model, record, below, step)
+                        _roll_back(model, record, below)
                     break
                 if config.stop_nearest and config.stop_accuracy > 0:  # the last evaluation below it, to return to
                     below = {"step": step, "accuracy": accuracy,
@@ -264,7 +264,7 @@ def train(
     return record
 
 
-def _roll_back(model: GPT, record: dict, below: dict, overshot_step: int) -> None:
+def _roll_back(model: GPT, record: dict, below: dict) -> None:
     """`stop_nearest`: the stage crossed its stop threshold by more than it was under it at the evaluation before:
     end at that evaluation instead. Chaining steps can appear within 25 steps (seed 5: 59.7% -> 84.3% training accuracy),
     and a warm-up that overshoots leaves REINFORCE little to do (docs/LOG.md, session 10). The steps after it
@@ -275,8 +275,7 @@ def _roll_back(model: GPT, record: dict, below: dict, overshot_step: int) -> Non
     for key in ("step", "loss", "token_accuracy"):
         del record[key][kept:]
     record["stopped_at"] = below["step"]
-    record["overshot"] = record["eval"].pop()
-    assert record["overshot"]["step"] == overshot_step
+    record["overshot"] = record["eval"].pop()  # the evaluation that crossed the threshold
 
 
 def _run_eval(model: GPT, evaluate: Callable[[GPT], dict]) -> dict:
