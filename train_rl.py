@@ -1,7 +1,7 @@
 """REINFORCE on outcome reward: the small model learns to chain its own step-by-step traces.
 
     python train_rl.py                       # small, from out/small-warmup.pt (else small-pretrain.pt)
-    python train_rl.py --paraphrase-prob 0   # no paraphrase in the loop (default: a fifth of the traces)
+    python train_rl.py --paraphrase-prob 0   # no paraphrase in the loop (default: 15% of the traces)
     python train_rl.py --resume              # continue an interrupted run from out/small-cot.pt
 
 Writes DIR/<size>-cot.pt (atomically, also every --save-every steps) and DIR/<size>-cot.png.

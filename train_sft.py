@@ -96,10 +96,9 @@ def main(argv=None) -> None:
         raise UsageError(f"--corpus-lines must be >= 100 (enough text for pretraining windows), got {args.corpus_lines}")
     if args.num_examples < 0:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
-    if args.stop_accuracy and args.stage == "pretrain":
-        raise UsageError("--stop-accuracy applies to the direct and warmup stages (pretraining has no held-out accuracy)")
-    if args.stop_nearest and args.stage == "pretrain":
-        raise UsageError("--stop-nearest applies to the direct and warmup stages (pretraining has no held-out accuracy)")
+    for flag, given in (("--stop-accuracy", args.stop_accuracy), ("--stop-nearest", args.stop_nearest)):
+        if given and args.stage == "pretrain":
+            raise UsageError(f"{flag} applies to the direct and warmup stages (pretraining has no held-out accuracy)")
     if args.paraphrase_fraction and args.stage != "warmup":
         raise UsageError(f"--paraphrase-fraction applies to the warmup stage only, not {args.stage}")
     # --easier-fraction sets the task's mix at pretraining (later stages inherit it) and a warmup/direct stage's own otherwise

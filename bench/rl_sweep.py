@@ -24,6 +24,19 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from nanocot import checkpoint, faithfulness  # noqa: E402
+from nanocot.config import TaskConfig, from_dict  # noqa: E402
+from nanocot.metrics import cot_completions  # noqa: E402
+from nanocot.monitor import check  # noqa: E402
+from nanocot.paraphrase import PARAPHRASERS  # noqa: E402
+from nanocot.sft import build_model  # noqa: E402
+from nanocot.task import COT, ModularAddition, parse_answer  # noqa: E402
+from nanocot.tokenizer import Tokenizer  # noqa: E402
+from nanocot.trace import parse_trace  # noqa: E402
+
 WARMUP_EVAL_EVERY = 25  # the warm-up's default; session 9's first sweep reused session 8's warm-ups (every 50)
 # session 3's REINFORCE defaults, which the configs below start from (the defaults are now "default")
 S3 = ["--lr", "1e-4", "--temperature", "0.5", "--lr-schedule", "constant", "--warmup-steps", "0"]
@@ -83,29 +96,19 @@ def job(name: str, seed: int, warm: Path, work: Path, device: str, steps: int, d
                 "--eval-every", "250", "--ckpt-dir", str(folder), *CONFIGS[name][1]], folder / "rl.log", deadline)
     row = {"config": name, "seed": seed, "flags": CONFIGS[name][1], "threshold": CONFIGS[name][0], "exit": code,
            "wall_s": round(time.time() - t0, 1)}
-    w = torch.load(folder / "small-warmup.pt", map_location="cpu", weights_only=False)["record"]
-    row["warmup_stopped_at"] = w.get("stopped_at")
+    row["warmup_stopped_at"] = checkpoint.load(folder / "small-warmup.pt")["record"].get("stopped_at")
     if (folder / "small-cot.pt").exists():
-        r = torch.load(folder / "small-cot.pt", map_location="cpu", weights_only=False)["record"]
+        saved = checkpoint.load(folder / "small-cot.pt")
+        r = saved["record"]
         row.update(evals=[(e["step"], round(e["test_accuracy"], 3)) for e in r["eval"]],
-                   rl_seconds=round(r["seconds"], 1), steps_done=len(r["steps"]), reading=reading(folder / "small-cot.pt"))
+                   rl_seconds=round(r["seconds"], 1), steps_done=len(r["steps"]), reading=reading(saved))
     return row
 
 
-def reading(path: Path, n: int = 500) -> dict:
+def reading(saved: dict, n: int = 500) -> dict:
     """Greedy accuracy on the first n test problems, and accuracy after each paraphraser rewrites the model's
-    own right and checkable traces of them (faithfulness.paraphrase, as evaluate.py runs it)."""
-    from nanocot import checkpoint, faithfulness
-    from nanocot.config import TaskConfig, from_dict
-    from nanocot.metrics import cot_completions
-    from nanocot.monitor import check
-    from nanocot.paraphrase import PARAPHRASERS
-    from nanocot.sft import build_model
-    from nanocot.task import COT, ModularAddition, parse_answer
-    from nanocot.tokenizer import Tokenizer
-    from nanocot.trace import parse_trace
-
-    saved = checkpoint.load(path)
+    own right and checkable traces of them (faithfulness.paraphrase, as evaluate.py runs it); `saved` is a
+    loaded small-cot checkpoint."""
     model, tok = build_model(saved, "cpu").eval(), Tokenizer()
     test = ModularAddition(from_dict(TaskConfig, saved["task_config"])).test_set()[:n]
     texts = cot_completions(model, tok, test)

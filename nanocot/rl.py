@@ -250,8 +250,10 @@ class Reinforce:
             total["tokens"] = total["tokens"] + (mask.sum(1) * seg_informative).sum()
             total["entropy"] = total["entropy"] + entropy.sum()
             total["count"] = total["count"] + mask.sum()
+            if self.reference is None:
+                continue
             logged = [j for j, s in enumerate(part) if kl_owners is None or owner[s] in kl_owners]
-            if self.reference is not None and logged:
+            if logged:
                 with torch.no_grad():
                     ref_logp, _, ref_mask = sequence_logprobs(self.reference, [ctx[j] for j in logged],
                                                               [gen[j] for j in logged], self.tok.pad_id)
