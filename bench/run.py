@@ -8,8 +8,11 @@
   (per-op overhead, memory traffic, the optimizer).
 - Training FLOPs are 6 * params * tokens plus attention (GPT.flops_per_token); one step is exactly the
   training loop's: masked loss, backward, clip, AdamW.
+  `train.<preset>.breakdown` (CPU) profiles that step once: the matmuls' share of its time and their GFLOP/s
+  at the model's shapes, and attention's share: what bounds the fraction of the ceiling at d_model 64.
 - Sampling runs at the RL batch (prompts_per_step * samples_per_prompt) and length (max_new_tokens, capped by
-  the context), never stopping early, with the KV cache and with prefix recomputation.
+  the context), never stopping early, with the KV cache and with prefix recomputation (the whole prefix
+  through the blocks, the unembedding at the last position only: the cache saves the rest).
 - transformers' GPT2LMHeadModel with the same layers, heads, width, MLP width, vocabulary and context is
   the outside yardstick (an optional bench-only dependency: `pip install -e .[bench]`); without it the
   ratios are null and the reason is recorded.
@@ -94,6 +97,28 @@ def nanocot_train_step(model: GPT, batch, steps: int):
             optimizer.step()
 
     return run
+
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def step_breakdown(run) -> dict:
+    """Where one run of the training step spends its time (torch.profiler, CPU only: on a GPU the host's times
+    are launch times). The matmul kernels' share of the step and their GFLOP/s at the model's own shapes tell
+    what `fraction_of_ceiling` can reach: with every other op free, it would be fraction / matmul_share, and
+    those matmuls (K = d_model = 64) run below the square-matrix ceiling. Profiling adds per-op overhead, so
+    the shares are indicative; the timed numbers above are measured without it."""
+    from torch.profiler import profile
+
+    with profile(with_flops=True) as prof:
+        run()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)  # microseconds, every op once (self times)
+    matmuls = [e for e in events if e.key in MATMULS]
+    matmul_time = sum(e.self_cpu_time_total for e in matmuls)
+    attention_time = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    return {"matmul_share": matmul_time / total, "matmul_gflops": sum(e.flops for e in matmuls) / matmul_time / 1e3,
+            "attention_share": attention_time / total}
 
 
 def rl_prompts(tok: Tokenizer, n: int) -> list[list[int]]:
@@ -218,12 +243,14 @@ def main(argv=None) -> dict:
         model = GPT(config).to(DEVICE)
         batch_size = 4 if args.quick else STAGE_DEFAULTS["pretrain"].batch_size
         batch = train_batch(config, batch_size, torch.Generator().manual_seed(0))
-        train_s = median_seconds(nanocot_train_step(model, batch, steps), repeats)
+        train_run = nanocot_train_step(model, batch, steps)
+        train_s = median_seconds(train_run, repeats)
         tokens_per_s = steps * batch_size * config.block_size / train_s
         gflops = tokens_per_s * model.flops_per_token(config.block_size) / 1e9
         result["train"][size] = {"params": model.num_params(), "batch": batch_size, "seq_len": config.block_size,
                                  "tokens_per_s": tokens_per_s, "gflops": gflops,
-                                 "fraction_of_ceiling": gflops / result["matmul_gflops"], "step_seconds": train_s / steps}
+                                 "fraction_of_ceiling": gflops / result["matmul_gflops"], "step_seconds": train_s / steps,
+                                 "breakdown": step_breakdown(train_run) if DEVICE.type == "cpu" else None}
         model.eval()
         result["sampling"][size] = bench_sampling(model, prompts, budget, repeats)
         if skip:
@@ -250,6 +277,12 @@ def print_table(r: dict) -> None:
         print(f"{size:8} {t['params']:>8,} {t['tokens_per_s']:>12,.0f} {t['gflops']:>8.2f} {t['fraction_of_ceiling']:>8.1%} "
               f"{s['kv_tokens_per_s']:>10,.0f} {s['recompute_tokens_per_s']:>12,.0f} {s['speedup']:>6.1f} "
               f"{ratio(h['train_step_ratio']):>9} {ratio(h['generate_ratio']):>7}")
+    for size, t in r["train"].items():
+        if t.get("breakdown"):
+            b = t["breakdown"]
+            print(f"  {size} step (profiled): matmuls {b['matmul_share']:.0%} of the time at {b['matmul_gflops']:.0f} GFLOP/s "
+                  f"({b['matmul_gflops'] / r['matmul_gflops']:.0%} of the ceiling), attention {b['attention_share']:.0%}; "
+                  f"with every other op free: {t['fraction_of_ceiling'] / b['matmul_share']:.0%} of the ceiling")
     if r["stages"]:
         for name, stage in r["stages"].items():
             print(f"  stage {name}: " + (f"{stage['seconds']:.1f} s, {stage['steps']} steps" if "seconds" in stage else stage["error"]))

@@ -22,12 +22,14 @@ from nanocot.config import ModelConfig
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens fed so far, preallocated to `max_len`."""
+    """Keys and values of every layer for the tokens fed so far, preallocated to `max_len`. Left
+    uninitialised (`empty`, not `zeros`): attention reads only the first `pos` positions, each written
+    before it is read, and zeroing the RL batch's cache was 3% of a decode."""
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.d_model // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.pos = 0  # number of tokens already cached (the same for every row)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +53,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None, record: dict | None) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "b t (three nh hs) -> three b nh t hs", three=3, nh=self.n_head)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # (B, T, d) each
+        q, k, v = (rearrange(t, "b t (nh hs) -> b nh t hs", nh=self.n_head) for t in (q, k, v))
         offset = 0
         if cache is not None:
             offset = cache.pos

@@ -3,7 +3,8 @@
 - Prompts of different lengths are grouped by length, so rows of one group share positions and need no
   padding or attention masks (learned absolute positions would shift under left-padding).
 - One forward pass per new token: the prompt is fed once (prefill), then each step feeds only the token
-  just sampled; `use_cache=False` recomputes the whole prefix instead (slow; kept to test the cache).
+  just sampled; `use_cache=False` recomputes the whole prefix instead (slow; kept to test the cache and as
+  bench/run.py's baseline, so it unembeds only the last position, as a sensible uncached sampler would).
 - Each row stops at its first newline; its later positions are padding with mask 0. Once half the rows of a
   batch have stopped, they are dropped from it (cache included): one rambling row no longer keeps all the
   others decoding to `max_new_tokens` (in RL about one step in three has such a row).
@@ -162,5 +163,6 @@ def _generate_group(model, prompt, budget, stop_id, pad_id, temperature, top_k, 
         if use_cache:
             logits = model(next_id[:, None], cache)[:, -1]
         else:
-            logits = model(torch.cat([prompt[rows], out[rows, : step + 1]], dim=1))[:, -1]
+            prefix = torch.cat([prompt[rows], out[rows, : step + 1]], dim=1)
+            logits = model.unembed(model.features(prefix)[0][:, -1])  # unembedding the last position only
     return out[:, :0], out_lp[:, :0], out_mask[:, :0]  # budget == 0

@@ -16,6 +16,9 @@ def test_quick_bench_writes_the_keys(tmp_path, capsys):
     assert r["matmul_gflops"] > 0
     for preset in ("small", "large"):
         assert {"tokens_per_s", "gflops", "fraction_of_ceiling"} <= r["train"][preset].keys()
+        breakdown = r["train"][preset]["breakdown"]
+        assert 0 < breakdown["matmul_share"] < 1 and 0 < breakdown["attention_share"] < 1
+        assert breakdown["matmul_gflops"] > 0
         assert {"kv_tokens_per_s", "recompute_tokens_per_s", "speedup"} <= r["sampling"][preset].keys()
         assert r["vs_transformers"][preset]["train_step_ratio"] is None  # skipped, and says so
         assert "skipped" in r["vs_transformers"][preset]["note"]
