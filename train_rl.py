@@ -59,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--kl-log-samples", type=nonnegative_int, default=d.kl_log_samples,
                    help=f"with --kl 0, the logged KL to the start policy is estimated on this many of each step's learned "
                         f"samples; 0 = all (default: {d.kl_log_samples})")
+    p.add_argument("--kl-log-every", type=positive_int, default=d.kl_log_every,
+                   help=f"with --kl 0, the KL to the start policy is logged every this many steps, NaN between "
+                        f"(default: {d.kl_log_every})")
     p.add_argument("--curriculum", choices=["mixed", "target", "ramp"], default=d.curriculum,
                    help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: %(default)s)")
     p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
@@ -99,7 +102,8 @@ def main(argv=None) -> None:
     config = RLConfig(steps=args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
                       beta1=args.beta1, beta2=args.beta2, lr_schedule=args.lr_schedule,
                       temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
-                      entropy_coef=args.entropy, kl_log_samples=args.kl_log_samples, curriculum=args.curriculum,
+                      entropy_coef=args.entropy, kl_log_samples=args.kl_log_samples,
+                      kl_log_every=args.kl_log_every, curriculum=args.curriculum,
                       paraphrase_prob=args.paraphrase_prob,
                       eval_every=args.eval_every, seed=args.seed, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
                       max_new_tokens=args.max_new_tokens, warmup_steps=args.warmup_steps,

@@ -12,7 +12,8 @@
   at the model's shapes, and attention's share: what bounds the fraction of the ceiling at d_model 64.
 - Sampling runs at the RL batch (prompts_per_step * samples_per_prompt) and length (max_new_tokens, capped by
   the context), never stopping early, with the KV cache and with prefix recomputation (the whole prefix
-  through the blocks, the unembedding at the last position only: the cache saves the rest).
+  through the blocks, the unembedding at the last position only: the cache saves the rest); and again at the
+  length of a reference trace (`speedup_at_trace_length`, `trace_tokens`), which is what a trained policy writes.
 - transformers' GPT2LMHeadModel with the same layers, heads, width, MLP width, vocabulary and context is
   the outside yardstick (an optional bench-only dependency: `pip install -e .[bench]`); without it the
   ratios are null and the reason is recorded.
@@ -38,7 +39,7 @@ from nanocot.config import MODEL_PRESETS, SIZES, STAGE_DEFAULTS, TaskConfig, mod
 from nanocot.model import GPT  # noqa: E402
 from nanocot.rl import RLConfig  # noqa: E402
 from nanocot.sampling import generate  # noqa: E402
-from nanocot.task import COT, ModularAddition, prompt  # noqa: E402
+from nanocot.task import COT, ModularAddition, completion, prompt  # noqa: E402
 from nanocot.tokenizer import Tokenizer  # noqa: E402
 from nanocot.train import fused_adam, make_optimizer, masked_loss  # noqa: E402
 
@@ -121,26 +122,37 @@ def step_breakdown(run) -> dict:
             "attention_share": attention_time / total}
 
 
-def rl_prompts(tok: Tokenizer, n: int) -> list[list[int]]:
-    """n real CoT prompts of one length (k = the task's operand count), as RL samples them."""
+def rl_prompts(tok: Tokenizer, n: int) -> tuple[list[list[int]], int]:
+    """n real CoT prompts of one length (k = the task's operand count), as RL samples them, and the median
+    token length of their reference completions (trace, answer, newline): what a trained policy writes."""
     task = ModularAddition(TaskConfig())
     problems = task.sample_train(np.random.default_rng(0), 4 * n, k=task.config.num_operands)
     prompts = [tok.encode(prompt(p, COT)) for p in problems]
     length = max(set(map(len, prompts)), key=[len(p) for p in prompts].count)
-    return [p for p in prompts if len(p) == length][:n]
+    chosen = [i for i, p in enumerate(prompts) if len(p) == length][:n]
+    trace_tokens = int(np.median([len(tok.encode(completion(problems[i], COT))) for i in chosen]))
+    return [prompts[i] for i in chosen], trace_tokens
 
 
-def bench_sampling(model: GPT, prompts: list[list[int]], budget: int, repeats: int) -> dict:
+def sampling_seconds(model: GPT, prompts: list[list[int]], budget: int, repeats: int) -> dict:
+    """Median seconds to sample `budget` tokens for every prompt, with the KV cache and by recomputation."""
     generator = torch.Generator(device=DEVICE).manual_seed(0)
-    tokens = len(prompts) * min(budget, model.config.block_size - len(prompts[0]))
-    out = {}
-    for name, use_cache in (("kv", True), ("recompute", False)):
-        seconds = median_seconds(lambda c=use_cache: generate(model, prompts, budget, NEVER, generator=generator, use_cache=c),
-                                 repeats)
-        out[f"{name}_tokens_per_s"] = tokens / seconds
-        out[f"{name}_seconds"] = seconds
-    out["speedup"] = out["kv_tokens_per_s"] / out["recompute_tokens_per_s"]
-    out.update(batch=len(prompts), new_tokens=tokens // len(prompts), prompt_tokens=len(prompts[0]))
+    return {use_cache: median_seconds(lambda c=use_cache: generate(model, prompts, budget, NEVER, generator=generator,
+                                                                 use_cache=c), repeats)
+            for use_cache in (True, False)}
+
+
+def bench_sampling(model: GPT, prompts: list[list[int]], budget: int, trace_tokens: int, repeats: int) -> dict:
+    """At the RL budget (`speedup`, the headline), and at a reference trace's length, where the cache has
+    fewer positions to save (recomputation costs grow with the square of the length, the cache's linearly)."""
+    new_tokens = min(budget, model.config.block_size - len(prompts[0]))
+    seconds = sampling_seconds(model, prompts, budget, repeats)
+    out = {"kv_tokens_per_s": len(prompts) * new_tokens / seconds[True], "kv_seconds": seconds[True],
+           "recompute_tokens_per_s": len(prompts) * new_tokens / seconds[False], "recompute_seconds": seconds[False],
+           "speedup": seconds[False] / seconds[True]}
+    at_trace = sampling_seconds(model, prompts, trace_tokens, repeats)
+    out.update(batch=len(prompts), new_tokens=new_tokens, prompt_tokens=len(prompts[0]), trace_tokens=trace_tokens,
+               speedup_at_trace_length=at_trace[False] / at_trace[True])
     return out
 
 
@@ -223,7 +235,7 @@ def main(argv=None) -> dict:
     rl = RLConfig()
     batch_n, budget, steps = (8, 8, 2) if args.quick else (rl.prompts_per_step * rl.samples_per_prompt, rl.max_new_tokens, 10)
     tok = Tokenizer()
-    prompts = rl_prompts(tok, batch_n)
+    prompts, trace_tokens = rl_prompts(tok, batch_n)
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
     result = {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": args.quick,
               "repeats": repeats, "matmul_gflops": matmul_gflops(256 if args.quick else 2048, repeats),
@@ -252,7 +264,7 @@ def main(argv=None) -> dict:
                                  "fraction_of_ceiling": gflops / result["matmul_gflops"], "step_seconds": train_s / steps,
                                  "breakdown": step_breakdown(train_run) if DEVICE.type == "cpu" else None}
         model.eval()
-        result["sampling"][size] = bench_sampling(model, prompts, budget, repeats)
+        result["sampling"][size] = bench_sampling(model, prompts, budget, trace_tokens, repeats)
         if skip:
             result["vs_transformers"][size] = {"train_step_ratio": None, "generate_ratio": None, "note": skip}
         else:
@@ -277,6 +289,9 @@ def print_table(r: dict) -> None:
         print(f"{size:8} {t['params']:>8,} {t['tokens_per_s']:>12,.0f} {t['gflops']:>8.2f} {t['fraction_of_ceiling']:>8.1%} "
               f"{s['kv_tokens_per_s']:>10,.0f} {s['recompute_tokens_per_s']:>12,.0f} {s['speedup']:>6.1f} "
               f"{ratio(h['train_step_ratio']):>9} {ratio(h['generate_ratio']):>7}")
+    for size, s in r["sampling"].items():
+        print(f"  {size} sampling: the KV cache {s['speedup']:.1f}x faster at {s['new_tokens']} new tokens (the RL budget), "
+              f"{s['speedup_at_trace_length']:.1f}x at a reference trace's {s['trace_tokens']}")
     for size, t in r["train"].items():
         if t.get("breakdown"):
             b = t["breakdown"]

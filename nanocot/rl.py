@@ -74,8 +74,10 @@ class RLConfig:
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     # With the KL penalty off, the logged KL to the start policy is estimated on this many of the step's learned
-    # samples (0 = all of them): the start policy's forward over every learned sample cost 16% of a step
+    # samples (0 = all of them): the start policy's forward over every learned sample cost 16% of a step; and only
+    # every `kl_log_every`-th step (the others log NaN): at 64 samples it was still 6% of every step (session 11)
     kl_log_samples: int = 64
+    kl_log_every: int = 10
     curriculum: str = "target"  # "mixed": k uniform in [min_operands, k] per step; "target": always k; "ramp": easy -> hard
     # Paraphrase in the loop, on by default: 2,500 steps without it wore away the warm-up's reading of reworded
     # traces (seed 0: reword 98.6 -> 46.5%, number words 97.2 -> 45.9%; session 9). At 2,000 steps with a tenth of
@@ -225,13 +227,14 @@ class Reinforce:
                                 for i in range(len(rows))])
         return contexts, generated, owner, rewards.view(len(problems), G), texts, rows
 
-    def _learning_sums(self, contexts, generated, owner, adv, informative, learn: list[int], n_samples: int) -> dict:
+    def _learning_sums(self, contexts, generated, owner, adv, informative, learn: list[int], n_samples: int,
+                       with_kl: bool) -> dict:
         """Sums over the learned segments (`learn`) of: advantage x log-prob (with gradient), informative tokens,
         entropy, tokens, and the KL estimate to the start policy with its token count (over every learned
         segment when the KL is in the loss, else over the first `kl_log_samples` learned samples: the prompts
         are drawn independently, so the first ones are a random subset). The answers re-sampled after
         paraphrased traces (segments from n_samples on) sit in contexts about twice a trace's length: they are
-        run apart, so the traces are not padded to their length."""
+        run apart, so the traces are not padded to their length. `with_kl` False: no start-policy forward."""
         cfg = self.config
         G = cfg.samples_per_prompt
         kl_owners = None  # the samples whose KL to the start policy is estimated; None = all
@@ -250,7 +253,7 @@ class Reinforce:
             total["tokens"] = total["tokens"] + (mask.sum(1) * seg_informative).sum()
             total["entropy"] = total["entropy"] + entropy.sum()
             total["count"] = total["count"] + mask.sum()
-            if self.reference is None:
+            if not with_kl:
                 continue
             logged = [j for j, s in enumerate(part) if kl_owners is None or owner[s] in kl_owners]
             if logged:
@@ -292,10 +295,11 @@ class Reinforce:
                          seconds_learning=time.perf_counter() - t1, **({"kl": float("nan")} if self.reference is not None else {}))
             self.step_index += 1
             return stats
-        total = self._learning_sums(contexts, generated, owner, adv, informative, learn, len(rows))
+        with_kl = self.reference is not None and (cfg.kl_coef > 0 or self.step_index % max(1, cfg.kl_log_every) == 0)
+        total = self._learning_sums(contexts, generated, owner, adv, informative, learn, len(rows), with_kl)
         stats["entropy"] = (total["entropy"] / total["count"]).item()
-        if self.reference is not None:
-            stats["kl"] = (total["kl"] / total["kl_count"]).item()  # KL(policy || start) per token
+        if self.reference is not None:  # KL(policy || start) per token; NaN on the steps that do not estimate it
+            stats["kl"] = (total["kl"] / total["kl_count"]).item() if with_kl else float("nan")
         loss = -total["pg"] / total["tokens"]
         if cfg.entropy_coef > 0:
             loss = loss - cfg.entropy_coef * total["entropy"] / total["count"]

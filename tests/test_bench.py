@@ -20,6 +20,7 @@ def test_quick_bench_writes_the_keys(tmp_path, capsys):
         assert 0 < breakdown["matmul_share"] < 1 and 0 < breakdown["attention_share"] < 1
         assert breakdown["matmul_gflops"] > 0
         assert {"kv_tokens_per_s", "recompute_tokens_per_s", "speedup"} <= r["sampling"][preset].keys()
+        assert r["sampling"][preset]["speedup_at_trace_length"] > 0 and r["sampling"][preset]["trace_tokens"] > 0
         assert r["vs_transformers"][preset]["train_step_ratio"] is None  # skipped, and says so
         assert "skipped" in r["vs_transformers"][preset]["note"]
     assert r["stages"] == {}

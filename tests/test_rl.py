@@ -220,6 +220,26 @@ def test_kl_log_is_estimated_on_the_first_learned_samples(task, monkeypatch):
     assert stats["kl"] == pytest.approx(expected.item(), rel=1e-4) and stats["kl"] > 0
 
 
+@pytest.mark.parametrize("coefs, logged", [({"kl_log_every": 2}, [True, False, True]),
+                                           ({"kl_log_every": 2, "kl_coef": 0.1}, [True, True, True])])
+def test_kl_log_runs_the_start_policy_every_kl_log_every_steps(task, monkeypatch, coefs, logged):
+    """With the KL penalty off, the start policy runs on every `kl_log_every`-th step only and the others log
+    NaN; with the penalty on, the KL is in every step's loss."""
+    model = tiny_model()
+    trainer = _trainer(model, task, [[(RIGHT, 1.0), (WRONG, 0.0)], [(WRONG, 0.0), (RIGHT, 1.0)]], lr=1e-3, **coefs)
+    start = tiny_model(seed=1).eval()
+    trainer.reference = start
+    calls = []
+    real = rl.sequence_logprobs
+    monkeypatch.setattr(rl, "sequence_logprobs", lambda m, *a: calls.append(m is start) or real(m, *a))
+    kls = []
+    for _ in logged:
+        calls.clear()
+        kls.append(trainer.step()["kl"])
+        assert any(calls) == (not math.isnan(kls[-1]))
+    assert [not math.isnan(kl) for kl in kls] == logged
+
+
 @pytest.mark.parametrize("optimizer, lr", [("adamw", 3e-3), ("sgd", 0.1)])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_one_step_raises_rewarded_and_lowers_penalised(task, seed, optimizer, lr):
