@@ -14,13 +14,14 @@
   the context), never stopping early, with the KV cache and with prefix recomputation (the whole prefix
   through the blocks, the unembedding at the last position only: the cache saves the rest); and again at the
   length of a reference trace (`speedup_at_trace_length`, `trace_tokens`), which is what a trained policy writes.
+- `--variants compile,bf16` also times the training step through `torch.compile` and under bf16 autocast
+  (`train.<preset>.variants`): on this project's 2-core CPU neither is faster (docs/LOG.md, session 11).
 - transformers' GPT2LMHeadModel with the same layers, heads, width, MLP width, vocabulary and context is
   the outside yardstick (an optional bench-only dependency: `pip install -e .[bench]`); without it the
   ratios are null and the reason is recorded.
 - Every time is the median of --repeats runs after a warm-up run.
 """
 
-import argparse
 import json
 import statistics
 import sys
@@ -35,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from nanocot import checkpoint  # noqa: E402
+from nanocot.cli import Parser  # noqa: E402
 from nanocot.config import MODEL_PRESETS, SIZES, STAGE_DEFAULTS, TaskConfig, model_config  # noqa: E402
 from nanocot.model import GPT  # noqa: E402
 from nanocot.rl import RLConfig  # noqa: E402
@@ -85,19 +87,50 @@ def train_batch(config, batch_size: int, generator: torch.Generator):
     return x.to(DEVICE), y.to(DEVICE), torch.ones(batch_size, config.block_size, device=DEVICE)
 
 
-def nanocot_train_step(model: GPT, batch, steps: int):
-    """`steps` steps of exactly the training loop's work (nanocot/train.py)."""
+def nanocot_train_step(model: GPT, batch, steps: int, forward: torch.nn.Module | None = None, bf16: bool = False):
+    """`steps` steps of exactly the training loop's work (nanocot/train.py). The variants: `forward` runs the
+    model inside the loss in its place (a torch.compile wrapper sharing its weights); `bf16` runs the forward
+    and the loss under bf16 autocast."""
     optimizer = make_optimizer(model, STAGE_DEFAULTS["pretrain"])
+    forward = model if forward is None else forward
 
     def run():
         for _ in range(steps):
-            loss, _ = masked_loss(model, batch)
+            with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, _ = masked_loss(forward, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
     return run
+
+
+VARIANTS = ("compile", "bf16")
+
+
+def train_variants(config, batch, steps: int, repeats: int, eager_seconds: float, names: list[str]) -> dict:
+    """The same training step compiled (`torch.compile`, inductor) or under bf16 autocast, as time / the eager
+    fp32 step's time: the two speed levers PyTorch offers beyond eager kernels. Measured, not used by the
+    training scripts (docs/LOG.md has why). A compiled step's first call compiles the forward and backward:
+    its extra time is `compile_seconds` (seconds cold; inductor's on-disk cache makes a rerun's far shorter)."""
+    out = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = GPT(config).to(DEVICE)
+        if name == "compile":
+            run = nanocot_train_step(model, batch, steps, forward=torch.compile(model))
+            synchronize()
+            start = time.perf_counter()
+            run()  # compiles
+            synchronize()
+            first = time.perf_counter() - start
+            seconds = median_seconds(run, repeats)
+            out[name] = {"step_ratio": seconds / eager_seconds, "compile_seconds": first - seconds}
+        else:
+            seconds = median_seconds(nanocot_train_step(model, batch, steps, bf16=True), repeats)
+            out[name] = {"step_ratio": seconds / eager_seconds}
+    return out
 
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
@@ -206,8 +239,8 @@ def stage_seconds(folder: Path) -> dict:
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None):
+    p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench.json", help="where to write the JSON (default: bench.json in cwd)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -215,23 +248,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--presets", default="small,large", help="comma-separated model presets (default: small,large)")
     p.add_argument("--ckpt-dir", help="read per-stage wall times from the checkpoints in this folder")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--variants", default="", help=f"comma-separated training-step variants to time against the eager "
+                   f"step: {', '.join(VARIANTS)} (default: none; compiling takes ~25 s per preset on a CPU)")
     p.add_argument("--quick", action="store_true", help="small sizes and one repeat: a smoke test, not a measurement")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # a usage mistake is one line and exit code 2 (argparse's error), never a traceback
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        p.error(f"device {args.device!r} is not available here: use cpu or cuda")
+    args.presets, args.variants = [s for s in args.presets.split(",") if s], [v for v in args.variants.split(",") if v]
+    if unknown := [s for s in args.presets if s not in MODEL_PRESETS]:
+        p.error(f"unknown preset(s) {unknown}: choose from {', '.join(SIZES)}")
+    if unknown := [v for v in args.variants if v not in VARIANTS]:
+        p.error(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
+    return args
 
 
 def main(argv=None) -> dict:
     global DEVICE
     args = parse_args(argv)
-    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
-        sys.exit(f"error: device {args.device!r} is not available here: use cpu or cuda")
     DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
-    presets = [s for s in args.presets.split(",") if s]
-    unknown = [s for s in presets if s not in MODEL_PRESETS]
-    if unknown:
-        sys.exit(f"error: unknown preset(s) {unknown}: choose from {', '.join(SIZES)}")
     rl = RLConfig()
     batch_n, budget, steps = (8, 8, 2) if args.quick else (rl.prompts_per_step * rl.samples_per_prompt, rl.max_new_tokens, 10)
     tok = Tokenizer()
@@ -249,7 +287,7 @@ def main(argv=None) -> dict:
             result["transformers"] = transformers.__version__
         except ImportError:
             skip = "skipped: transformers is not installed (pip install -e .[bench])"
-    for size in presets:
+    for size in args.presets:
         config = model_config(size, len(tok))
         torch.manual_seed(0)
         model = GPT(config).to(DEVICE)
@@ -262,7 +300,8 @@ def main(argv=None) -> dict:
         result["train"][size] = {"params": model.num_params(), "batch": batch_size, "seq_len": config.block_size,
                                  "tokens_per_s": tokens_per_s, "gflops": gflops,
                                  "fraction_of_ceiling": gflops / result["matmul_gflops"], "step_seconds": train_s / steps,
-                                 "breakdown": step_breakdown(train_run) if DEVICE.type == "cpu" else None}
+                                 "breakdown": step_breakdown(train_run) if DEVICE.type == "cpu" else None,
+                                 "variants": train_variants(config, batch, steps, repeats, train_s, args.variants)}
         model.eval()
         result["sampling"][size] = bench_sampling(model, prompts, budget, trace_tokens, repeats)
         if skip:
@@ -298,6 +337,10 @@ def print_table(r: dict) -> None:
             print(f"  {size} step (profiled): matmuls {b['matmul_share']:.0%} of the time at {b['matmul_gflops']:.0f} GFLOP/s "
                   f"({b['matmul_gflops'] / r['matmul_gflops']:.0%} of the ceiling), attention {b['attention_share']:.0%}; "
                   f"with every other op free: {t['fraction_of_ceiling'] / b['matmul_share']:.0%} of the ceiling")
+    for size, t in r["train"].items():
+        for name, v in t.get("variants", {}).items():
+            extra = f" after a {v['compile_seconds']:.0f} s compile" if "compile_seconds" in v else ""
+            print(f"  {size} step with {name}: {v['step_ratio']:.2f}x the eager fp32 step's time{extra}")
     if r["stages"]:
         for name, stage in r["stages"].items():
             print(f"  stage {name}: " + (f"{stage['seconds']:.1f} s, {stage['steps']} steps" if "seconds" in stage else stage["error"]))

@@ -3,13 +3,19 @@
 import importlib.util
 import json
 
+import pytest
 from conftest import ROOT
 
 
-def test_quick_bench_writes_the_keys(tmp_path, capsys):
+def _bench():
     spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_quick_bench_writes_the_keys(tmp_path, capsys):
+    bench = _bench()
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--threads", "1", "--no-transformers", "--out", str(out), "--ckpt-dir", str(tmp_path)])
     r = json.loads(out.read_text())
@@ -25,3 +31,21 @@ def test_quick_bench_writes_the_keys(tmp_path, capsys):
         assert "skipped" in r["vs_transformers"][preset]["note"]
     assert r["stages"] == {}
     assert "matmul ceiling" in capsys.readouterr().out
+
+
+def test_bench_times_the_compiled_and_bf16_steps(tmp_path, capsys):
+    """--variants: the same step through torch.compile (its compile time apart) and under bf16 autocast."""
+    out = tmp_path / "bench.json"
+    _bench().main(["--quick", "--threads", "1", "--no-transformers", "--presets", "small", "--variants", "compile,bf16",
+                   "--out", str(out)])
+    variants = json.loads(out.read_text())["train"]["small"]["variants"]
+    assert variants["compile"]["step_ratio"] > 0 and variants["compile"]["compile_seconds"] > 0
+    assert variants["bf16"]["step_ratio"] > 0
+    assert "small step with compile" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", [["--variants", "fp8"], ["--presets", "huge"], ["--device", "tpu"]])
+def test_bench_usage_errors_are_one_line(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _bench().parse_args(flag)
+    assert exit_info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
