@@ -5,6 +5,7 @@
 #   3. the whole default pipeline with --device cuda, with each stage's wall time;
 #   4. the per-step costs again with --no-cuda-graphs;
 #   5. if AFTER is set, that command, with $LEFT seconds left (e.g. a research sweep: bench/shape_sweep.py).
+# With BENCH=1, after the tests: bench/run.py on the device with the torch.compile and bf16-autocast variants.
 # Results land in $OUT (the device tool brings back at most 8 files).
 #     bash bench/gpu_check.sh
 #     DEVICE=cpu QUICK=--quick STEPS=0 bash bench/gpu_check.sh    # a dry run of the script itself
@@ -30,6 +31,12 @@ echo "train_sft.py --steps 1: $(( SECONDS - t )) s"
 
 echo "== tests ($SECONDS s)"
 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_model.py tests/test_sampling.py 2>&1 | tail -15
+
+if [ "${BENCH:-0}" != 0 ]; then
+  echo "== bench/run.py --variants compile,bf16 ($SECONDS s)"
+  $PY bench/run.py --device "$DEVICE" $QUICK --no-transformers --variants compile,bf16 --out "$OUT/bench-$DEVICE.json" 2>&1 \
+    | grep -v -E "USDT|warn"
+fi
 
 if [ "$STEPS" != 0 ]; then
   echo "== per-step cost, CUDA graphs ($SECONDS s)"
