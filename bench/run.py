@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from nanocot import checkpoint  # noqa: E402
-from nanocot.cli import Parser  # noqa: E402
+from nanocot.cli import Parser, positive_int  # noqa: E402
 from nanocot.config import MODEL_PRESETS, SIZES, STAGE_DEFAULTS, TaskConfig, model_config  # noqa: E402
 from nanocot.model import GPT  # noqa: E402
 from nanocot.rl import RLConfig  # noqa: E402
@@ -113,7 +113,7 @@ def train_variants(config, batch, steps: int, repeats: int, eager_seconds: float
     """The same training step compiled (`torch.compile`, inductor) or under bf16 autocast, as time / the eager
     fp32 step's time: the two speed levers PyTorch offers beyond eager kernels. Measured, not used by the
     training scripts (docs/LOG.md has why). A compiled step's first call compiles the forward and backward:
-    its extra time is `compile_seconds` (seconds cold; inductor's on-disk cache makes a rerun's far shorter)."""
+    its extra time is `compile_seconds` (~25 s cold on a CPU; inductor's on-disk cache shortens a rerun's)."""
     out = {}
     for name in names:
         torch.manual_seed(0)
@@ -243,8 +243,8 @@ def parse_args(argv=None):
     p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench.json", help="where to write the JSON (default: bench.json in cwd)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is kept (default: 3)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per measurement; the median is kept (default: 3)")
     p.add_argument("--presets", default="small,large", help="comma-separated model presets (default: small,large)")
     p.add_argument("--ckpt-dir", help="read per-stage wall times from the checkpoints in this folder")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
@@ -252,7 +252,7 @@ def parse_args(argv=None):
                    f"step: {', '.join(VARIANTS)} (default: none; compiling takes ~25 s per preset on a CPU)")
     p.add_argument("--quick", action="store_true", help="small sizes and one repeat: a smoke test, not a measurement")
     args = p.parse_args(argv)
-    # a usage mistake is one line and exit code 2 (argparse's error), never a traceback
+    # a usage mistake is one line and exit code 2 (Parser.error), never a traceback
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         p.error(f"device {args.device!r} is not available here: use cpu or cuda")
     args.presets, args.variants = [s for s in args.presets.split(",") if s], [v for v in args.variants.split(",") if v]

@@ -44,7 +44,7 @@ def test_bench_times_the_compiled_and_bf16_steps(tmp_path, capsys):
     assert "small step with compile" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flag", [["--variants", "fp8"], ["--presets", "huge"], ["--device", "tpu"]])
+@pytest.mark.parametrize("flag", [["--variants", "fp8"], ["--presets", "huge"], ["--device", "tpu"], ["--repeats", "0"]])
 def test_bench_usage_errors_are_one_line(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _bench().parse_args(flag)
