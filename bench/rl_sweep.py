@@ -11,7 +11,6 @@ running at --deadline is stopped; its last saved state is reported and read (`st
 (--pretrained holds seed-S/small-pretrain.pt, and seed-S/small-warmup.pt to reuse a warm-up stopped at
 --given-threshold; missing pretrained checkpoints are made first.)
 """
-import argparse
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from nanocot import checkpoint, faithfulness  # noqa: E402
+from nanocot.cli import Parser, positive_float, positive_int, probability  # noqa: E402
 from nanocot.config import TaskConfig, from_dict  # noqa: E402
 from nanocot.metrics import cot_completions  # noqa: E402
 from nanocot.monitor import check  # noqa: E402
@@ -123,20 +123,30 @@ def reading(saved: dict, n: int = 500) -> dict:
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--pretrained", type=Path, required=True)
-    p.add_argument("--configs", default="base")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--deadline", type=float, default=3600, help="seconds from the start for every job")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--given-threshold", type=float, default=0.6,
+def parse_args(argv=None):
+    p = Parser(description=__doc__.split("\n")[0])
+    p.add_argument("--pretrained", type=Path, required=True,
+                   help="folder of seed-S/small-pretrain.pt (and seed-S/small-warmup.pt to reuse a warm-up)")
+    p.add_argument("--configs", default="base", help=f"comma-separated recipes: {', '.join(CONFIGS)} (default: base)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--steps", type=positive_int, default=2000, help="REINFORCE steps per job (default: 2000)")
+    p.add_argument("--workers", type=positive_int, default=2, help="jobs at once, one thread each (default: 2)")
+    p.add_argument("--deadline", type=positive_float, default=3600, help="seconds from the start for every job (default: 3600)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--given-threshold", type=probability, default=0.6,
                    help="the threshold --pretrained's small-warmup.pt files were stopped at (session 8's: 0.6)")
-    p.add_argument("--work", type=Path, default=Path("/tmp/rl_sweep"))
-    p.add_argument("--out", type=Path, default=Path("rl_sweep.jsonl"))
-    a = p.parse_args()
+    p.add_argument("--work", type=Path, default=Path("/tmp/rl_sweep"), help="scratch folder (default: /tmp/rl_sweep)")
+    p.add_argument("--out", type=Path, default=Path("rl_sweep.jsonl"), help="JSON lines appended here (default: rl_sweep.jsonl)")
+    a = p.parse_args(argv)
+    if unknown := [n for n in a.configs.split(",") if n not in CONFIGS]:
+        p.error(f"unknown config(s) {unknown}: choose from {', '.join(CONFIGS)}")
+    if not all(s.isdigit() for s in a.seeds.split(",")):
+        p.error(f"--seeds must be comma-separated whole numbers, got {a.seeds!r}")
+    return a
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
     torch.set_num_threads(1)  # the end-of-job readings run in this process, one per worker thread
     deadline = time.time() + a.deadline
     names, seeds = a.configs.split(","), [int(s) for s in a.seeds.split(",")]

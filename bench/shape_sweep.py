@@ -5,7 +5,6 @@ direct SFT (held-out every tenth of the run) and -> CoT warm-up; one JSON line p
     python bench/shape_sweep.py --device cpu --workers 2 --configs h1 --seeds 1,2,3,4,5,6,7,8,9,10,11 --warmup-steps 1000
 (`--steps-scale 0.003` for a dry run of the plumbing.)
 """
-import argparse
 import json
 import os
 import subprocess
@@ -43,18 +42,32 @@ def job(name, seed, device, scale, warmup_steps):
             "seconds": round(time.time() - t0, 1), "stage_seconds": [round(p["seconds"], 1) for p in (pre, direct, warm)]}
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--one", nargs=2)  # internal: config seed
-    p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
-    p.add_argument("--workers", type=int, default=12)
-    p.add_argument("--deadline", type=float, default=300)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--steps-scale", type=float, default=1.0)
-    p.add_argument("--warmup-steps", type=int, default=0, help="CoT warm-up steps (0 = the stage's default)")
-    p.add_argument("--out", default="sweep.jsonl")
-    a = p.parse_args()
+def parse_args(argv=None):
+    from nanocot.cli import Parser, nonnegative_int, positive_float, positive_int
+
+    p = Parser(description=__doc__.split("\n")[0])
+    p.add_argument("--one", nargs=2, metavar=("CONFIG", "SEED"), help="internal: run one job in this process")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated shapes: {', '.join(CONFIGS)} (default: all)")
+    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated seeds (default: 0-7)")
+    p.add_argument("--workers", type=positive_int, default=12, help="jobs at once, one process each (default: 12)")
+    p.add_argument("--deadline", type=positive_float, default=300, help="seconds for the whole sweep (default: 300)")
+    p.add_argument("--device", default="cuda", help="cpu or cuda (default: cuda)")
+    p.add_argument("--steps-scale", type=positive_float, default=1.0,
+                   help="every stage's steps times this (default: 1; 0.003 is a dry run of the plumbing)")
+    p.add_argument("--warmup-steps", type=nonnegative_int, default=0, help="CoT warm-up steps (0 = the stage's default)")
+    p.add_argument("--out", default="sweep.jsonl", help="JSON lines appended here (default: sweep.jsonl)")
+    a = p.parse_args(argv)
+    configs = [a.one[0]] if a.one else a.configs.split(",")
+    if unknown := [c for c in configs if c not in CONFIGS]:
+        p.error(f"unknown config(s) {unknown}: choose from {', '.join(CONFIGS)}")
+    seeds = [a.one[1]] if a.one else a.seeds.split(",")
+    if not all(s.isdigit() for s in seeds):
+        p.error(f"seeds must be whole numbers, got {seeds}")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
     if a.one:
         print(json.dumps(job(a.one[0], int(a.one[1]), a.device, a.steps_scale, a.warmup_steps)), flush=True)
         return
