@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from nanocot import checkpoint, faithfulness  # noqa: E402
-from nanocot.cli import Parser, positive_float, positive_int, probability  # noqa: E402
+from nanocot.cli import Parser, positive_float, positive_int, probability, seed_list  # noqa: E402
 from nanocot.config import TaskConfig, from_dict  # noqa: E402
 from nanocot.metrics import cot_completions  # noqa: E402
 from nanocot.monitor import check  # noqa: E402
@@ -128,7 +128,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained", type=Path, required=True,
                    help="folder of seed-S/small-pretrain.pt (and seed-S/small-warmup.pt to reuse a warm-up)")
     p.add_argument("--configs", default="base", help=f"comma-separated recipes: {', '.join(CONFIGS)} (default: base)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
     p.add_argument("--steps", type=positive_int, default=2000, help="REINFORCE steps per job (default: 2000)")
     p.add_argument("--workers", type=positive_int, default=2, help="jobs at once, one thread each (default: 2)")
     p.add_argument("--deadline", type=positive_float, default=3600, help="seconds from the start for every job (default: 3600)")
@@ -140,8 +140,6 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if unknown := [n for n in a.configs.split(",") if n not in CONFIGS]:
         p.error(f"unknown config(s) {unknown}: choose from {', '.join(CONFIGS)}")
-    if not all(s.isdigit() for s in a.seeds.split(",")):
-        p.error(f"--seeds must be comma-separated whole numbers, got {a.seeds!r}")
     return a
 
 
@@ -149,7 +147,7 @@ def main(argv=None) -> None:
     a = parse_args(argv)
     torch.set_num_threads(1)  # the end-of-job readings run in this process, one per worker thread
     deadline = time.time() + a.deadline
-    names, seeds = a.configs.split(","), [int(s) for s in a.seeds.split(",")]
+    names, seeds = a.configs.split(","), a.seeds
     thresholds = sorted({CONFIGS[n][0] for n in names})
     with ThreadPoolExecutor(a.workers) as pool:
         warm = {(t, s): pool.submit(warmup, a.work, a.pretrained, t, s, a.device, deadline, a.given_threshold)

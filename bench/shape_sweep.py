@@ -43,12 +43,12 @@ def job(name, seed, device, scale, warmup_steps):
 
 
 def parse_args(argv=None):
-    from nanocot.cli import Parser, nonnegative_int, positive_float, positive_int
+    from nanocot.cli import Parser, nonnegative_int, positive_float, positive_int, seed_list
 
     p = Parser(description=__doc__.split("\n")[0])
     p.add_argument("--one", nargs=2, metavar=("CONFIG", "SEED"), help="internal: run one job in this process")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated shapes: {', '.join(CONFIGS)} (default: all)")
-    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated seeds (default: 0-7)")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2,3,4,5,6,7", help="comma-separated seeds (default: 0-7)")
     p.add_argument("--workers", type=positive_int, default=12, help="jobs at once, one process each (default: 12)")
     p.add_argument("--deadline", type=positive_float, default=300, help="seconds for the whole sweep (default: 300)")
     p.add_argument("--device", default="cuda", help="cpu or cuda (default: cuda)")
@@ -60,9 +60,8 @@ def parse_args(argv=None):
     configs = [a.one[0]] if a.one else a.configs.split(",")
     if unknown := [c for c in configs if c not in CONFIGS]:
         p.error(f"unknown config(s) {unknown}: choose from {', '.join(CONFIGS)}")
-    seeds = [a.one[1]] if a.one else a.seeds.split(",")
-    if not all(s.isdigit() for s in seeds):
-        p.error(f"seeds must be whole numbers, got {seeds}")
+    if a.one and not a.one[1].isdigit():
+        p.error(f"--one: the seed must be a whole number, got {a.one[1]!r}")
     return a
 
 
@@ -71,13 +70,13 @@ def main(argv=None):
     if a.one:
         print(json.dumps(job(a.one[0], int(a.one[1]), a.device, a.steps_scale, a.warmup_steps)), flush=True)
         return
-    queue = [(c, s) for s in a.seeds.split(",") for c in a.configs.split(",")]
+    queue = [(c, s) for s in a.seeds for c in a.configs.split(",")]
     start, running, out = time.time(), [], open(a.out, "a")
     env = {**os.environ, "TQDM_DISABLE": "1"}
     while queue or running:
         while queue and len(running) < a.workers and time.time() - start < a.deadline - 60:
             c, s = queue.pop(0)
-            cmd = [sys.executable, __file__, "--one", c, s, "--device", a.device, "--steps-scale", str(a.steps_scale),
+            cmd = [sys.executable, __file__, "--one", c, str(s), "--device", a.device, "--steps-scale", str(a.steps_scale),
                    "--warmup-steps", str(a.warmup_steps)]
             running.append((c, s, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)))
         for item in list(running):

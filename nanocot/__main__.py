@@ -14,26 +14,16 @@ import json
 import sys
 import time
 
-from nanocot.cli import Parser, UsageError, add_graph_flag, pick_device, run_cli, writable_dir
+from nanocot.cli import Parser, UsageError, add_graph_flag, pick_device, run_cli, seed_list, writable_dir
 from nanocot.config import SIZES
 from nanocot.pipeline import StageFailed, banner, run_seed, seeds_report, summarise
-
-
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds must list distinct non-negative integers, e.g. 0,1,2; got {text!r}")
-    return seeds
 
 
 def parse_args(argv=None):
     p = Parser(prog="python -m nanocot", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints (default: out)")
     p.add_argument("--out", default="out/eval", help="folder for the report, plots and metrics.json (default: out/eval)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds; several run the experiment once per seed "
+    p.add_argument("--seeds", type=seed_list, default="0", help="comma-separated seeds; several run the experiment once per seed "
                    "into DIR/seed-S and summarise (default: 0)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's choice (default: 0)")
@@ -50,7 +40,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    seeds = parse_seeds(args.seeds)
+    seeds = args.seeds
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
     if args.jobs < 0:

@@ -83,6 +83,17 @@ def paraphraser_names(text: str) -> str:
     return text
 
 
+def seed_list(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]: distinct non-negative whole numbers (--seeds of the pipeline and of the sweeps)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative integers, e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
 def seed_int(text: str) -> int:
     return _checked(text, int, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
 
