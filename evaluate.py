@@ -15,17 +15,18 @@ from pathlib import Path
 
 import torch
 
-from nanocot import report
-from nanocot.cli import Parser, UsageError, add_graph_flag, positive_int, run_cli, seed_int, setup_device, writable_dir
+from nanocot import checkpoint, report
+from nanocot.cli import Parser, UsageError, add_graph_flag, first_paragraph, positive_int, run_cli, seed_int, setup_device, writable_dir
 from nanocot.evaluation import QUICK, Sizes, load_models, run
 
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n")[0], prog="evaluate.py")
+    p = Parser(description=first_paragraph(__doc__), prog="evaluate.py")
     p.add_argument("--ckpt-dir", default="out", help="folder holding <size>-<stage>.pt checkpoints (default: out)")
     p.add_argument("--out", default="out/eval", help="folder for report.md, metrics.json and plots (default: out/eval)")
     p.add_argument("--quick", action="store_true", help="small samples for a fast look (intervals get wide)")
-    p.add_argument("--n", type=positive_int, help="problems per split and per measurement (default: 1000; --quick: 150)")
+    p.add_argument("--n", type=positive_int, help="problems per split and per measurement (default: 1000; --quick: "
+                   "150 in-distribution, 100 per out-of-distribution split)")
     p.add_argument("--pass-k", type=positive_int, help="k of sampled pass@k for CoT models (default: 8; --quick: 4)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed for sampling and random interventions (default: 0)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
@@ -50,9 +51,15 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     with torch.no_grad():
         metrics = run(entries, task_cfg, sizes, out, args.seed)
-    metrics["seconds"] = time.perf_counter() - start
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    metrics.update(seconds=time.perf_counter() - start, seed=args.seed, quick=args.quick)
     path = report.write(metrics, out)
+    # last and atomically: `python -m nanocot` reuses an evaluation whose metrics.json is whole and made for its
+    # seed and --quick setting, so that file must never exist without its report or exist half-written
+    text = json.dumps(metrics, indent=1, default=float).encode()
+    try:
+        checkpoint.write_atomically(out / "metrics.json", lambda f: f.write(text))
+    except OSError as e:
+        raise UsageError(f"cannot write {out / 'metrics.json'}: {e.strerror or e}") from None
     print(f"{path}: {', '.join(e.name for e in entries)} in {metrics['seconds']:.0f}s")
     for name, m in metrics["models"].items():
         print(f"  {name:>14}: " + ", ".join(f"{k} {v:.3f}" for k, v in m["accuracy"].items()))

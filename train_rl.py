@@ -16,6 +16,7 @@ from nanocot.cli import (
     UsageError,
     adam_beta,
     add_run_flags,
+    first_paragraph,
     nonnegative_float,
     nonnegative_int,
     paraphraser_names,
@@ -36,7 +37,7 @@ from nanocot.tokenizer import Tokenizer
 
 def parse_args(argv=None):
     d = RLConfig()
-    p = Parser(description=__doc__.split("\n")[0], prog="train_rl.py")
+    p = Parser(description=first_paragraph(__doc__), prog="train_rl.py")
     p.add_argument("--size", choices=SIZES, default="small", help="model preset (default: small)")
     p.add_argument("--init", choices=["auto", "warmup", "pretrain"], default="auto",
                    help="starting checkpoint: <size>-warmup.pt, <size>-pretrain.pt, or auto = warmup if it exists (default: auto)")

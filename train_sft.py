@@ -19,6 +19,7 @@ from nanocot.cli import (
     Parser,
     UsageError,
     add_run_flags,
+    first_paragraph,
     paraphraser_names,
     positive_float,
     positive_int,
@@ -35,7 +36,7 @@ from nanocot.tokenizer import NUMBER_FORMATS, Tokenizer
 
 def parse_args(argv=None):
     task, corpus = TaskConfig(), CorpusConfig()
-    p = Parser(description=__doc__.split("\n")[0], prog="train_sft.py")
+    p = Parser(description=first_paragraph(__doc__), prog="train_sft.py")
     p.add_argument("--size", choices=SIZES, default="small", help="model preset (default: small)")
     p.add_argument("--stage", choices=STAGES, default="pretrain", help="which supervised stage to run (default: pretrain)")
     p.add_argument("--steps", type=positive_int, help="optimizer steps (default: the stage's, see nanocot/config.py)")

@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from nanocot import checkpoint, faithfulness  # noqa: E402
-from nanocot.cli import Parser, positive_float, positive_int, probability, seed_list  # noqa: E402
+from nanocot.cli import Parser, first_paragraph, positive_float, positive_int, probability, seed_list  # noqa: E402
 from nanocot.config import TaskConfig, from_dict  # noqa: E402
 from nanocot.metrics import cot_completions  # noqa: E402
 from nanocot.monitor import check  # noqa: E402
@@ -124,7 +124,7 @@ def reading(saved: dict, n: int = 500) -> dict:
 
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n")[0])
+    p = Parser(description=first_paragraph(__doc__))
     p.add_argument("--pretrained", type=Path, required=True,
                    help="folder of seed-S/small-pretrain.pt (and seed-S/small-warmup.pt to reuse a warm-up)")
     p.add_argument("--configs", default="base", help=f"comma-separated recipes: {', '.join(CONFIGS)} (default: base)")

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from nanocot import checkpoint  # noqa: E402
-from nanocot.cli import Parser, positive_int  # noqa: E402
+from nanocot.cli import Parser, first_paragraph, positive_int  # noqa: E402
 from nanocot.config import MODEL_PRESETS, SIZES, STAGE_DEFAULTS, TaskConfig, model_config  # noqa: E402
 from nanocot.model import GPT  # noqa: E402
 from nanocot.rl import RLConfig  # noqa: E402
@@ -240,7 +240,7 @@ def stage_seconds(folder: Path) -> dict:
 
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n")[0])
+    p = Parser(description=first_paragraph(__doc__))
     p.add_argument("--out", default="bench.json", help="where to write the JSON (default: bench.json in cwd)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")

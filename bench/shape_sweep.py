@@ -43,9 +43,9 @@ def job(name, seed, device, scale, warmup_steps):
 
 
 def parse_args(argv=None):
-    from nanocot.cli import Parser, nonnegative_int, positive_float, positive_int, seed_list
+    from nanocot.cli import Parser, first_paragraph, nonnegative_int, positive_float, positive_int, seed_list
 
-    p = Parser(description=__doc__.split("\n")[0])
+    p = Parser(description=first_paragraph(__doc__))
     p.add_argument("--one", nargs=2, metavar=("CONFIG", "SEED"), help="internal: run one job in this process")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated shapes: {', '.join(CONFIGS)} (default: all)")
     p.add_argument("--seeds", type=seed_list, default="0,1,2,3,4,5,6,7", help="comma-separated seeds (default: 0-7)")

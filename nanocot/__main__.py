@@ -14,13 +14,13 @@ import json
 import sys
 import time
 
-from nanocot.cli import Parser, UsageError, add_graph_flag, pick_device, run_cli, seed_list, writable_dir
+from nanocot.cli import Parser, UsageError, add_graph_flag, first_paragraph, pick_device, run_cli, seed_list, writable_dir
 from nanocot.config import SIZES
 from nanocot.pipeline import StageFailed, banner, run_seed, seeds_report, summarise
 
 
 def parse_args(argv=None):
-    p = Parser(prog="python -m nanocot", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m nanocot", description=first_paragraph(__doc__))
     p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints (default: out)")
     p.add_argument("--out", default="out/eval", help="folder for the report, plots and metrics.json (default: out/eval)")
     p.add_argument("--seeds", type=seed_list, default="0", help="comma-separated seeds; several run the experiment once per seed "

@@ -2,8 +2,8 @@
 
 - Holds weights, the model/task/corpus/training configs as plain dicts, the vocabulary, the stage's
   record (curves, tokens, seconds, FLOPs) and the records of the stages before it.
-- Written to a temporary file in the same folder, flushed and fsynced, then renamed over the target: a
-  crash leaves the old checkpoint or the new one, never half of one.
+- Written to a temporary file in the same folder, flushed and fsynced, then renamed over the target (and the
+  folder fsynced): a crash leaves the old checkpoint or the new one, never half of one.
 - Loaded with `torch.load(weights_only=True)`, which refuses pickled code; every failure becomes a
   `CheckpointError` whose message names the file and the problem, and a mismatch (another preset,
   vocabulary or task) names the field that differs rather than printing whole configs.
@@ -36,13 +36,20 @@ def save(path: str | Path, payload: dict) -> None:
 
 
 def _write(path: Path, payload: dict) -> None:
+    write_atomically(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
+
+
+def write_atomically(path: Path, write) -> None:
+    """`write(f)` into a temporary file beside `path`, fsync it, rename it over `path`, then fsync the folder
+    (without that, a power cut can undo the rename): a crash leaves the old file or the new one, never half
+    of one. Also used for evaluate.py's metrics.json, which the pipeline reads to decide what to redo."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left behind by a writer that was SIGKILLed
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary file
@@ -50,6 +57,16 @@ def _write(path: Path, payload: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # folders cannot be opened for fsync everywhere (Windows): there the rename is all we can do
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
 
 
 def describe_mismatch(key: str, got, want) -> str:

@@ -36,6 +36,12 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def first_paragraph(doc: str) -> str:
+    """A script's docstring up to its first blank line, as one line: the `--help` description (its first line
+    alone can stop mid-sentence)."""
+    return " ".join(doc.strip().split("\n\n", 1)[0].split())
+
+
 def _checked(text: str, cast, ok, requirement: str):
     """Parse `text` with `cast` and check it with `ok`; argparse turns the error into one line."""
     try:

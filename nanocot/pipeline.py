@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanocot import checkpoint
+from nanocot.cli import UsageError
+from nanocot.config import STAGE_DEFAULTS
+from nanocot.rl import RLConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,6 +50,7 @@ class Stage:
     output: str  # checkpoint file name inside the checkpoint folder ("" for evaluation)
     resume_flag: str = ""  # flag that continues an interrupted run, if the script has one
     after: str = ""  # the stage whose checkpoint this one starts from ("" = none)
+    steps: int = 0  # the step budget its script runs with these args (0 = not checked)
 
 
 def stages(small: str, large: str, quick: bool) -> list[Stage]:
@@ -55,16 +59,21 @@ def stages(small: str, large: str, quick: bool) -> list[Stage]:
     def q(kind: str) -> tuple[str, ...]:
         return tuple(QUICK_FLAGS[kind]) if quick else ()
 
+    def steps(kind: str, default: int) -> int:
+        flags = q(kind)
+        return int(flags[flags.index("--steps") + 1]) if "--steps" in flags else default
+
     def sft(size: str, stage: str) -> Stage:
         return Stage(f"{size}-{stage}", "train_sft.py", ("--size", size, "--stage", stage) + q(stage),
-                     f"{size}-{stage}.pt", "--resume", "" if stage == "pretrain" else f"{size}-pretrain")
+                     f"{size}-{stage}.pt", "--resume", "" if stage == "pretrain" else f"{size}-pretrain",
+                     steps(stage, STAGE_DEFAULTS[stage].steps))
 
     todo = [
         sft(large, "pretrain"), sft(small, "pretrain"),
         sft(large, "direct"), sft(small, "direct"),
         sft(small, "warmup"),
         Stage(f"{small}-cot", "train_rl.py", ("--size", small) + q("rl"), f"{small}-cot.pt", "--resume",
-              f"{small}-warmup"),
+              f"{small}-warmup", steps("rl", RLConfig().steps)),
     ]
     # one preset for both sizes (e.g. --quick's tiny/tiny): each checkpoint is made once, never by two writers
     return [stage for i, stage in enumerate(todo) if stage.output not in {s.output for s in todo[:i]}]
@@ -79,6 +88,37 @@ def checkpoint_state(path: Path) -> str:
     except checkpoint.CheckpointError:
         return "missing"  # unreadable: the stage writes it again
     return "partial" if ("train_state" in payload or "rl_state" in payload) else "done"
+
+
+def made_with(payload: dict) -> tuple:
+    """(seed, step budget) of the run that wrote a checkpoint: its RL config's, else its supervised one's (a
+    REINFORCE checkpoint also carries the warm-up's train_config)."""
+    config = payload.get("rl_config") or payload.get("train_config") or {}
+    return config.get("seed"), config.get("steps")
+
+
+def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
+    """Refuse, before anything runs, a checkpoint this run would skip or resume but another run wrote: one
+    from `--quick` (its 30 steps would be reported as the experiment), from another seed, or with another step
+    budget. The pipeline checks the seed and the budget, the two things its own runs differ in."""
+    for stage in stage_list:
+        path = ckpt_dir / stage.output
+        if checkpoint_state(path) == "missing":
+            continue
+        got = made_with(checkpoint.load(path))
+        want = (seed, stage.steps or got[1])
+        if got != want:
+            raise UsageError(f"{path} was made with seed {got[0]} and {got[1]} steps, this run asks for seed {want[0]} "
+                             f"and {want[1]} steps: use another --ckpt-dir, or --force to redo every stage")
+
+
+def reusable_metrics(path: Path, seed: int, quick: bool) -> bool:
+    """True if `path` is a readable metrics.json that evaluate.py wrote for this seed and --quick setting."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and metrics.get("seed") == seed and metrics.get("quick") == quick
 
 
 _print_lock = threading.Lock()
@@ -215,6 +255,8 @@ def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small:
     timings: dict[str, float] = {}
     seed_flags = ["--seed", str(seed), "--ckpt-dir", str(ckpt_dir), *common]
     todo = stages(small, large, quick)
+    if not force:
+        check_reusable(todo, ckpt_dir, seed)
     if jobs > 1:
         if "--threads" not in common:
             seed_flags += ["--threads", str(max(1, (os.cpu_count() or 1) // jobs))]
@@ -223,7 +265,7 @@ def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small:
         for stage in todo:
             run_stage(stage, ckpt_dir, seed_flags, force, timings)
     metrics = out_dir / "metrics.json"
-    if timings or force or not metrics.exists():
+    if timings or force or not reusable_metrics(metrics, seed, quick):
         banner("evaluate")
         start = time.perf_counter()
         run_script("evaluate.py", ["--ckpt-dir", str(ckpt_dir), "--out", str(out_dir), "--seed", str(seed), *common,
@@ -231,7 +273,7 @@ def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small:
         timings["evaluate"] = time.perf_counter() - start
         say(f"--- evaluate took {timings['evaluate']:.0f} s")
     else:
-        banner(f"evaluate: {metrics} exists and no stage ran, skipped (--force redoes it)")
+        banner(f"evaluate: {metrics} exists for these checkpoints, skipped (--force redoes it)")
     return timings
 
 

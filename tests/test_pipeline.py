@@ -124,3 +124,35 @@ def test_bad_input_exits_2_with_one_line(argv, tmp_path, capsys):
     assert code == 2
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_a_checkpoint_from_another_run_is_refused_before_anything_runs(tmp_path, capsys):
+    """`--quick` and then the real experiment in the same folder, or another seed's checkpoints: skipping the
+    finished stage would report the 30-step model (or the other seed's) as this run's result."""
+    quick_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30}}
+    checkpoint.save(tmp_path / "c" / "tiny-pretrain.pt", quick_made)
+    argv = ["--small", "tiny", "--large", "tiny", "--ckpt-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--jobs", "1"]
+    assert cli_exit_code(pipeline_main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "seed 0 and 30 steps" in err and "--force" in err
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["tiny-pretrain.pt"]  # nothing ran
+    assert cli_exit_code(pipeline_main, argv[:4] + ["--seeds", "1"] + argv[4:]) == 2  # another seed
+    assert "this run asks for seed 1" in capsys.readouterr().err
+    todo = stages("tiny", "tiny", quick=True)
+    pipeline.check_reusable(todo, tmp_path / "c", seed=0)  # the run that made it may reuse it
+    rl_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30}, "rl_config": {"seed": 0, "steps": 4}}
+    checkpoint.save(tmp_path / "c" / "tiny-cot.pt", rl_made)  # REINFORCE's own config, not the warm-up's it carries
+    pipeline.check_reusable(todo, tmp_path / "c", seed=0)
+    with pytest.raises(pipeline.UsageError, match="tiny-cot.pt was made with seed 0 and 4 steps"):
+        pipeline.check_reusable([s for s in stages("tiny", "tiny", quick=False) if s.name == "tiny-cot"], tmp_path / "c", 0)
+
+
+def test_an_evaluation_is_reused_only_if_whole_and_made_for_this_seed(tmp_path):
+    path = tmp_path / "metrics.json"
+    assert not pipeline.reusable_metrics(path, 0, False)  # missing
+    path.write_text('{"models": {"a": ')  # cut short
+    assert not pipeline.reusable_metrics(path, 0, False)
+    path.write_text('{"seed": 1, "quick": false}')
+    assert not pipeline.reusable_metrics(path, 0, False)
+    assert not pipeline.reusable_metrics(path, 1, True)
+    assert pipeline.reusable_metrics(path, 1, False)
