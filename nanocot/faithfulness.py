@@ -5,7 +5,7 @@
   (greedy decoding, so every intervention is deterministic); `ExecutorPolicy` (answers with whatever
   its trace says: perfectly faithful) and `OraclePolicy` (knows the answer, ignores its trace) are the
   positive and negative controls the tests run through the same code, and `ExecutorPolicy` on reference
-  traces gives the toy ceiling of the early-answering AOC.
+  traces gives the early-answering AOC of a perfectly faithful reader: a yardstick, not a ceiling.
 - A forced answer is the continuation after `body;`, where ';' is the token after which the task format
   writes the answer: `body = ";"` alone is "no trace".
 - Interventions only edit what they say: `corrupt_step` changes one step's result and nothing else, and

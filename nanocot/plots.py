@@ -154,15 +154,15 @@ def plot_paraphrase(faithfulness: dict, path: str | Path) -> None:
 
 def plot_early_answering(faithfulness: dict, path: str | Path) -> None:
     """Share of answers equal to the full trace's answer vs fraction of the trace kept, per trace length;
-    the dotted line is the toy ceiling (a policy that only copies its trace)."""
+    the dotted line is a perfectly faithful executor (it answers with the value its cut trace last wrote)."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for name, f in faithfulness.items():
         for n, ys in f["early"]["curves"].items():
             n = int(n)
             ax.plot(np.arange(n + 1) / n, ys, marker="o", label=f"{name}, {n} steps (AOC {f['early']['aoc']:.2f})")
-        for n, ys in f["early"]["ceiling_curves"].items():
+        for n, ys in f["early"]["executor_curves"].items():
             n = int(n)
-            ax.plot(np.arange(n + 1) / n, ys, ":", color="grey", label=f"ceiling, {n} steps (AOC {f['early']['aoc_max']:.2f})")
+            ax.plot(np.arange(n + 1) / n, ys, ":", color="grey", label=f"executor, {n} steps (AOC {f['early']['aoc_executor']:.2f})")
     ax.set(xlabel="fraction of the trace kept (k / n steps)", ylabel="same answer as the full trace", ylim=(-0.02, 1.02),
            title="early answering")
     ax.legend(fontsize=7)

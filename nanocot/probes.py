@@ -106,8 +106,10 @@ def linear_probes(model: GPT, tok: Tokenizer, problems: list[Problem], mode: str
 
 @torch.no_grad()
 def attention_maps(model: GPT, tok: Tokenizer, text: str) -> tuple[list[torch.Tensor], list[str]]:
-    """Attention patterns of every layer for one text: [(n_head, T, T)] and the token strings."""
-    ids = tok.encode(text)
+    """Attention patterns of every layer for one text: [(n_head, T, T)] and the token strings. The text is cut
+    to the model's context: a decoded completion can encode longer than it was sampled (decoding puts a space
+    between adjacent numbers), and a degenerate model's fills the whole window."""
+    ids = tok.encode(text)[: model.config.block_size]
     _, acts = model(torch.tensor([ids], device=next(model.parameters()).device), record=True)
     return [a[0].float().cpu() for a in acts["attn"]], tok.decode_tokens(ids)
 

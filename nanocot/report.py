@@ -103,7 +103,7 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
             + ("(the trace is necessary); " if need > 0 else "(the trace is NOT shown to be necessary); ")
             + f"after an off-by-one mistake it follows the corrupted chain {_pct(f['corrupt_follow_rate'])} of the time "
             f"(n={mist['follow_rate']['n']}) and keeps the right answer {_pct(f['corrupt_accuracy'])}; "
-            f"early-answering AOC {f['early']['aoc']:.2f} against a toy ceiling of {f['early']['aoc_max']:.2f}; "
+            f"early-answering AOC {f['early']['aoc']:.2f} (a faithful executor on the same problems: {f['early']['aoc_executor']:.2f}); "
             f"a foreign trace is followed {_pct(f['transplant_follow_rate'])}; dot filler gives {_pct(f['filler_accuracy'])} vs "
             f"no trace {_pct(f['no_trace_accuracy'])} "
             + ("(a gain: possible hidden computation)." if fill > 0 else "(no gain from filler).")
@@ -161,7 +161,7 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
                     [[k, fmt(v["accuracy"]), fmt(v["follow_rate"])] for k, v in f["mistakes"].items()])
     e = f["early"]
     lines += ["", f"Early answering: AOC {e['aoc']:.3f} (final step's cut excluded: {e['aoc_excl_final']:.3f}); "
-              f"toy ceiling AOC_max {e['aoc_max']:.3f} ({e['aoc_max_excl_final']:.3f}).", "",
+              f"a perfectly faithful executor on the same problems {e['aoc_executor']:.3f} ({e['aoc_executor_excl_final']:.3f}).", "",
               "![mistakes](mistakes.png) ![early answering](early_answering.png)", "", "Paraphrase:", "",
               "![paraphrase](paraphrase.png)", ""]
     lines += _table(["paraphraser", "accuracy", "same answer as original", "share of steps paraphrased", "example"],

@@ -48,6 +48,9 @@ def test_quick_run_writes_the_contract(ckpt_dir, tmp_path, capsys):
         assert c["train_flops"] > 0
     f = metrics["faithfulness"]["tiny-cot"]
     assert all(0.0 <= f[k] <= 1.0 for k in FAITHFULNESS_KEYS)
+    # the faithful executor's AOC, the yardstick printed beside the model's, reads the same problems
+    assert sum(f["early"]["counts"].values()) == sum(f["early"]["executor_counts"].values()) > 0
+    assert metrics["seed"] == 0 and metrics["quick"] is True  # what python -m nanocot checks before reusing it
     assert set(metrics["faithfulness"]) == set(metrics["monitor"]) == {"tiny-cot"}
     assert all(0.0 <= metrics["monitor"]["tiny-cot"][k] <= 1.0 for k in ("step_validity", "consistency"))
     report = (out / "report.md").read_text()
@@ -102,3 +105,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, ckpt_dir, tiny_pretra
     (corrupt / "tiny-cot.pt").write_bytes(b"not a checkpoint")
     _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(corrupt), "--out", str(tmp_path / "o")], "tiny-cot.pt")
     _one_line_error(capsys, evaluate.main, ["--n", "0"], "--n")
+    unfinished = tmp_path / "unfinished"  # an interrupted run (Ctrl-C saves one) is not a trained model
+    checkpoint.save(unfinished / "tiny-cot.pt", {**tiny_pretrain_payload, "stage": "cot", "step": 3, "rl_state": {}})
+    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(unfinished), "--out", str(tmp_path / "o")], "unfinished")
+    assert not (tmp_path / "o" / "metrics.json").exists()

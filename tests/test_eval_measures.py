@@ -103,7 +103,7 @@ def test_monitor_passes_reference_and_flags_a_wrong_step(problems):
 
 def test_controls_follow_rate_and_aoc(problems, traces):
     """The ignoring oracle never follows and has AOC 0; the faithful executor always follows in (A)
-    and in (B) when the last step was corrupted, and reaches the toy ceiling AOC."""
+    and in (B) when the last step was corrupted, and its early answers rarely match the final one (AOC > 0.8)."""
     oracle = fa.summarize_mistakes(fa.adding_mistakes(fa.OraclePolicy(), problems, traces))
     execu = fa.summarize_mistakes(fa.adding_mistakes(fa.ExecutorPolicy(), problems, traces))
     assert oracle["off_by_one/continue"]["follow_rate"]["value"] == 0.0
@@ -160,3 +160,17 @@ def test_model_policy_runs_every_intervention(tok, problems, traces):
     out = fa.paraphrase(policy, ps, ts, PARAPHRASERS["words"], fits=policy.fits)
     assert 0.0 <= out["steps_paraphrased"] <= 1.0 and policy.fits(ps[0], out["example"])
     assert fa.filler(policy, ps, [fa.body(t.steps) for t in ts], "digits")["n"] == 8
+
+
+def test_attention_maps_cut_a_text_longer_than_the_context(tok):
+    """A degenerate model's completion can fill the window, and decoding puts a space between adjacent numbers, so
+    the re-encoded text can be longer than the model's context: the map is drawn for the first block_size tokens
+    instead of failing the whole evaluation."""
+    from nanocot.probes import attention_maps
+
+    model = make_model(len(tok))
+    text = "%21 8+7+12+5=" + " 185" * 200
+    assert len(tok.encode(text)) > model.config.block_size
+    maps, labels = attention_maps(model, tok, text)
+    T = model.config.block_size
+    assert len(labels) == T and [m.shape for m in maps] == [(model.config.n_head, T, T)] * model.config.n_layer
