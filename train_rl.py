@@ -8,7 +8,9 @@ Writes DIR/<size>-cot.pt (atomically, also every --save-every steps) and DIR/<si
 """
 
 import copy
+import sys
 from dataclasses import fields, replace
+from pathlib import Path
 
 from nanocot import checkpoint
 from nanocot.cli import (
@@ -41,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--size", choices=SIZES, default="small", help="model preset (default: small)")
     p.add_argument("--init", choices=["auto", "warmup", "pretrain"], default="auto",
                    help="starting checkpoint: <size>-warmup.pt, <size>-pretrain.pt, or auto = warmup if it exists (default: auto)")
-    p.add_argument("--steps", type=positive_int, default=d.steps, help=f"RL steps (default: {d.steps})")
+    p.add_argument("--steps", type=positive_int, help=f"RL steps (default: {d.steps}; with --resume, the saved run's)")
     p.add_argument("--prompts", type=positive_int, default=d.prompts_per_step, help=f"problems per step (default: {d.prompts_per_step})")
     p.add_argument("--samples", type=positive_int, default=d.samples_per_prompt,
                    help=f"sampled completions per problem, G >= 2 (default: {d.samples_per_prompt})")
@@ -84,23 +86,27 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=positive_int, default=d.eval_every,
                    help=f"steps between held-out evaluations (default: {d.eval_every})")
     p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable checkpoints (default: 50)")
-    p.add_argument("--resume", action="store_true", help="continue from DIR/<size>-cot.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from DIR/<size>-cot.pt exactly (its saved flags are used; flags "
+                        "given now are ignored, except --steps, which moves where it ends and its lr schedule)")
     add_run_flags(p, "seed for sampling and problem order")
     return p.parse_args(argv)
 
 
-def resumed_config(saved: dict, steps: int) -> RLConfig:
-    """The saved run's RLConfig with `steps` to run to. A field added to RLConfig since the save keeps its default
-    (a run saved by an older nanocot still resumes); one removed since is ignored."""
+def resumed_config(saved: dict, steps: int | None = None) -> RLConfig:
+    """The saved run's RLConfig, run to `steps` if given (else to the saved run's own end). A field added to
+    RLConfig since the save keeps its default (a run saved by an older nanocot still resumes); one removed
+    since is ignored."""
     known = {f.name for f in fields(RLConfig)}
-    return replace(RLConfig(**{k: v for k, v in saved.items() if k in known}), steps=steps)
+    config = RLConfig(**{k: v for k, v in saved.items() if k in known})
+    return replace(config, steps=steps) if steps else config
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.samples < 2:
         raise UsageError(f"--samples must be >= 2 for a baseline, got {args.samples}")
-    config = RLConfig(steps=args.steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
+    config = RLConfig(steps=args.steps or RLConfig().steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
                       beta1=args.beta1, beta2=args.beta2, lr_schedule=args.lr_schedule,
                       temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
                       entropy_coef=args.entropy, kl_log_samples=args.kl_log_samples,
@@ -110,8 +116,18 @@ def main(argv=None) -> None:
                       max_new_tokens=args.max_new_tokens, warmup_steps=args.warmup_steps,
                       paraphraser=args.paraphraser, eval_problems=args.eval_problems,
                       pass_k=args.pass_k, pass_problems=args.pass_problems)
-    device, folder = setup_run(args)
+    folder = Path(args.ckpt_dir)
     out_path = folder / f"{args.size}-cot.pt"
+    # what this run reads must exist before anything is created (a mistyped --ckpt-dir leaves no empty folder)
+    if args.resume and not out_path.exists():
+        raise UsageError(f"nothing to resume: {out_path} not found")
+    candidates = {"warmup": [folder / f"{args.size}-warmup.pt"], "pretrain": [folder / f"{args.size}-pretrain.pt"],
+                  "auto": [folder / f"{args.size}-warmup.pt", folder / f"{args.size}-pretrain.pt"]}[args.init]
+    source = next((c for c in candidates if c.exists()), None)
+    if not args.resume and source is None:
+        raise UsageError(f"no starting checkpoint: {' or '.join(map(str, candidates))} not found; run "
+                         f"`python train_sft.py --size {args.size} --stage pretrain` (and --stage warmup) first")
+    device, _ = setup_run(args)
     vocab = Tokenizer().vocab
 
     resume = None
@@ -123,12 +139,6 @@ def main(argv=None) -> None:
         config = resumed_config(saved["rl_config"], args.steps)
         resume = {"trainer": saved["rl_state"], "record": saved["record"]}
     else:
-        candidates = {"warmup": [folder / f"{args.size}-warmup.pt"], "pretrain": [folder / f"{args.size}-pretrain.pt"],
-                      "auto": [folder / f"{args.size}-warmup.pt", folder / f"{args.size}-pretrain.pt"]}[args.init]
-        source = next((c for c in candidates if c.exists()), None)
-        if source is None:
-            raise UsageError(f"no starting checkpoint: {' or '.join(map(str, candidates))} not found; run "
-                             f"`python train_sft.py --size {args.size} --stage pretrain` (and --stage warmup) first")
         start = checkpoint.load(source, expect={"size": args.size, "vocab": vocab}, finished=True)
         saved = start
 
@@ -148,8 +158,20 @@ def main(argv=None) -> None:
             out["rl_state"] = copy.deepcopy(trainer_state)
         return out
 
-    record = train_rl(model, task, config, reference, resume=resume,
-                      save=lambda rec, state: checkpoint.save(out_path, payload(rec, state)), save_every=args.save_every)
+    saved_steps = []  # steps of the resumable checkpoints written by this run
+
+    def save(record: dict, trainer_state: dict) -> None:
+        checkpoint.save(out_path, payload(record, trainer_state))
+        saved_steps.append(len(record["steps"]))
+
+    try:
+        record = train_rl(model, task, config, reference, resume=resume, save=save, save_every=args.save_every)
+    except KeyboardInterrupt:
+        if not saved_steps:
+            raise  # run_cli: "nothing was written"
+        print(f"interrupted: saved {out_path} at step {saved_steps[-1]}; continue exactly with `python train_rl.py "
+              f"--size {args.size} --ckpt-dir {args.ckpt_dir} --resume`", file=sys.stderr)
+        sys.exit(130)
     final = payload(record, None)
     final.pop("start")  # a finished run does not need its starting weights
     checkpoint.save(out_path, final)
@@ -161,5 +183,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main, interrupted="interrupted: the finished RL steps were saved; continue with `python train_rl.py "
-            "--resume` (same --ckpt-dir and --size)")
+    run_cli(main)

@@ -12,6 +12,7 @@ checkpoint that later stages refuse until it is finished) and DIR/<size>-<stage>
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from nanocot import checkpoint
 from nanocot.checkpoint import describe_mismatch
@@ -67,7 +68,7 @@ def parse_args(argv=None):
                    help="warmup only: share of examples that teach reading a paraphrased reference trace (loss on the "
                         "answer only; the model is never taught to write paraphrases) "
                         f"(default: {STAGE_DEFAULTS['warmup'].paraphrase_fraction})")
-    p.add_argument("--read-paraphrasers", type=paraphraser_names, default=STAGE_DEFAULTS["warmup"].read_paraphrasers,
+    p.add_argument("--read-paraphrasers", type=paraphraser_names,
                    help="warmup only: comma-separated paraphrasers for those examples, from "
                         f"{', '.join(PARAPHRASERS)} (default: {STAGE_DEFAULTS['warmup'].read_paraphrasers})")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
@@ -100,8 +101,12 @@ def main(argv=None) -> None:
     for flag, given in (("--stop-accuracy", args.stop_accuracy), ("--stop-nearest", args.stop_nearest)):
         if given and args.stage == "pretrain":
             raise UsageError(f"{flag} applies to the direct and warmup stages (pretraining has no held-out accuracy)")
-    if args.paraphrase_fraction and args.stage != "warmup":
-        raise UsageError(f"--paraphrase-fraction applies to the warmup stage only, not {args.stage}")
+    # flags one stage reads: refused at another rather than silently ignored
+    for flag, given, where in (("--paraphrase-fraction", bool(args.paraphrase_fraction), ("warmup",)),
+                               ("--read-paraphrasers", args.read_paraphrasers is not None, ("warmup",)),
+                               ("--num-examples", args.num_examples > 0, ("warmup", "direct"))):
+        if given and args.stage not in where:
+            raise UsageError(f"{flag} applies to the {' and '.join(where)} stage{'s' * (len(where) > 1)} only, not {args.stage}")
     # --easier-fraction sets the task's mix at pretraining (later stages inherit it) and a warmup/direct stage's own otherwise
     given = args.easier_fraction is not None
     task_mix = args.easier_fraction if given and args.stage == "pretrain" else TaskConfig().easier_fraction
@@ -120,13 +125,20 @@ def main(argv=None) -> None:
                         batch_size=args.batch_size or defaults.batch_size, lr=args.lr or defaults.lr,
                         min_lr_ratio=defaults.min_lr_ratio if args.min_lr_ratio is None else args.min_lr_ratio,
                         eval_every=args.eval_every or defaults.eval_every,
-                        easier_fraction=stage_mix, read_paraphrasers=args.read_paraphrasers,
+                        easier_fraction=stage_mix, read_paraphrasers=args.read_paraphrasers or defaults.read_paraphrasers,
                         stop_accuracy=defaults.stop_accuracy if args.stop_accuracy is None else args.stop_accuracy,
                         stop_nearest=args.stop_nearest or defaults.stop_nearest,
                         paraphrase_fraction=defaults.paraphrase_fraction if args.paraphrase_fraction is None
                         else args.paraphrase_fraction)
-    device, folder = setup_run(args)
-    out_path = folder / f"{args.size}-{args.stage}.pt"
+    folder = Path(args.ckpt_dir)
+    out_path, source = folder / f"{args.size}-{args.stage}.pt", folder / f"{args.size}-pretrain.pt"
+    # what this run reads must exist before anything is created (a mistyped --ckpt-dir leaves no empty folder)
+    if args.resume and not out_path.exists():
+        raise UsageError(f"nothing to resume: {out_path} not found")
+    if not args.resume and args.stage != "pretrain" and not source.exists():
+        raise UsageError(f"{source} not found: run `python train_sft.py --size {args.size} --stage pretrain "
+                         f"--ckpt-dir {args.ckpt_dir}` first")
+    device, _ = setup_run(args)
     tok = Tokenizer()
     # the same preset and vocabulary as now: a checkpoint made before a preset changed is refused, naming the field
     same_model = {"size": args.size, "vocab": tok.vocab, "model_config": to_dict(model_config(args.size, len(tok)))}
@@ -151,10 +163,6 @@ def main(argv=None) -> None:
         elif args.stage == "pretrain":
             payload = pretrain(args.size, train_cfg, task_cfg, corpus_cfg, device, **run)
         else:
-            source = folder / f"{args.size}-pretrain.pt"
-            if not source.exists():
-                raise UsageError(f"{source} not found: run `python train_sft.py --size {args.size} --stage pretrain "
-                                 f"--ckpt-dir {args.ckpt_dir}` first")
             pretrained = checkpoint.load(source, expect={**same_model, "stage": "pretrain"}, finished=True)
             pretrained_task = from_dict(TaskConfig, pretrained["task_config"])
             if pretrained_task != task_cfg and task_cfg != TaskConfig():

@@ -64,6 +64,12 @@ ERROR_CASES = [
      "tiny-pretrain.pt"),
     ("other_size_pretrain", ["--size", "small", "--stage", "direct", *QUICK], {"small-pretrain.pt": "good"},
      "size"),
+    # flags one stage reads are refused at another, not silently ignored
+    ("num_examples_pretrain", ["--size", "tiny", "--stage", "pretrain", "--num-examples", "5", *QUICK], {},
+     "--num-examples applies to the warmup and direct stages only"),
+    ("read_paraphrasers_direct", ["--size", "tiny", "--stage", "direct", "--read-paraphrasers", "swap", *QUICK],
+     {"tiny-pretrain.pt": "good"}, "--read-paraphrasers applies to the warmup stage only"),
+    ("resume_nothing", ["--size", "tiny", "--stage", "pretrain", "--resume", *QUICK], {}, "nothing to resume"),
 ]
 
 
@@ -235,3 +241,11 @@ def test_easier_fraction_is_the_task_mix_at_pretraining_and_the_stage_mix_later(
     assert checkpoint.load(tmp_path / "tiny-direct.pt")["train_config"]["easier_fraction"] is None  # the task's mix
     assert _main_exit_code(["--size", "tiny", "--easier-fraction", "0.25", *QUICK, "--ckpt-dir", str(tmp_path / "p")]) == 0
     assert checkpoint.load(tmp_path / "p" / "tiny-pretrain.pt")["task_config"]["easier_fraction"] == 0.25
+
+
+@pytest.mark.parametrize("argv", [["--stage", "direct"], ["--stage", "pretrain", "--resume"]])
+def test_a_missing_input_creates_no_folder(tmp_path, capsys, argv):
+    """A mistyped --ckpt-dir is refused before anything is created: no empty folder is left behind."""
+    folder = tmp_path / "typo"
+    assert _main_exit_code(["--size", "tiny", *argv, *QUICK, "--ckpt-dir", str(folder)]) == 2
+    assert "not found" in capsys.readouterr().err and not folder.exists()

@@ -565,3 +565,65 @@ def test_cli_tiny_end_to_end(end_to_end):
     assert [h["stage"] for h in ck["history"]] == ["pretrain", "cot"]
     assert ck["rl_config"]["prompts_per_step"] == 2 and ck["rl_config"]["samples_per_prompt"] == 2
     assert "tiny-cot.pt" in proc.stdout
+
+
+# --------------------------------------------------------------------------- train_rl.py: interrupt and resume
+
+RL_TINY = ["--size", "tiny", "--init", "pretrain", "--steps", "4", "--save-every", "1", "--prompts", "2", "--samples", "2",
+           "--max-new-tokens", "8", "--eval-every", "2", "--eval-problems", "4", "--pass-problems", "2", "--pass-k", "2",
+           "--device", "cpu", "--threads", "1"]
+
+
+def _interrupt_rl_step(monkeypatch, call: int) -> None:
+    """A real SIGINT while the `call`-th REINFORCE step (0-based) runs: the loop finishes it, saves, stops."""
+    import signal
+
+    calls, real = {"n": 0}, Reinforce.step
+
+    def step_then_signal(self):
+        if calls["n"] == call:
+            signal.raise_signal(signal.SIGINT)
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(Reinforce, "step", step_then_signal)
+
+
+def test_cli_interrupt_then_plain_resume_finishes_the_same_run(tiny_pretrain_payload, tmp_path, monkeypatch, capsys):
+    """Ctrl-C through train_rl.py: exit 130 naming the saved step; `--resume` with no other flag (as the message
+    says) runs to the saved run's own 4 steps, not the default 2,000, and ends on the uninterrupted run's weights."""
+    import train_rl
+
+    for name in "ab":
+        checkpoint.save(tmp_path / name / "tiny-pretrain.pt", tiny_pretrain_payload)
+    assert cli_exit_code(train_rl.main, [*RL_TINY, "--ckpt-dir", str(tmp_path / "a")]) == 0
+    with monkeypatch.context() as m:
+        _interrupt_rl_step(m, 2)
+        assert cli_exit_code(train_rl.main, [*RL_TINY, "--ckpt-dir", str(tmp_path / "b")]) == 130
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "at step 3" in message and "--resume" in message, message
+    assert cli_exit_code(train_rl.main, ["--size", "tiny", "--device", "cpu", "--threads", "1", "--resume",
+                                         "--ckpt-dir", str(tmp_path / "b")]) == 0
+    whole, resumed = (checkpoint.load(tmp_path / name / "tiny-cot.pt", finished=True) for name in "ab")
+    assert resumed["rl_config"]["steps"] == 4 and len(resumed["record"]["steps"]) == 4
+    assert all(torch.equal(whole["state_dict"][k], v) for k, v in resumed["state_dict"].items())
+
+
+def test_cli_interrupt_before_any_save_says_nothing_was_written(tiny_pretrain_payload, tmp_path, monkeypatch, capsys):
+    import train_rl
+
+    checkpoint.save(tmp_path / "tiny-pretrain.pt", tiny_pretrain_payload)
+    monkeypatch.setattr(rl, "train_rl", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(train_rl, "train_rl", rl.train_rl)
+    assert cli_exit_code(train_rl.main, [*RL_TINY, "--ckpt-dir", str(tmp_path)]) == 130
+    assert "nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "tiny-cot.pt").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--resume"]])
+def test_cli_missing_input_creates_no_folder(tmp_path, capsys, extra):
+    import train_rl
+
+    folder = tmp_path / "typo"
+    assert cli_exit_code(train_rl.main, [*RL_TINY, *extra, "--ckpt-dir", str(folder)]) == 2
+    assert "not found" in capsys.readouterr().err and not folder.exists()
