@@ -8,13 +8,13 @@ Writes DIR/<size>-cot.pt (atomically, also every --save-every steps) and DIR/<si
 """
 
 import copy
-import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
 from nanocot import checkpoint
 from nanocot.cli import (
     Parser,
+    ResumableSaves,
     UsageError,
     adam_beta,
     add_run_flags,
@@ -158,20 +158,10 @@ def main(argv=None) -> None:
             out["rl_state"] = copy.deepcopy(trainer_state)
         return out
 
-    saved_steps = []  # steps of the resumable checkpoints written by this run
-
-    def save(record: dict, trainer_state: dict) -> None:
-        checkpoint.save(out_path, payload(record, trainer_state))
-        saved_steps.append(len(record["steps"]))
-
-    try:
-        record = train_rl(model, task, config, reference, resume=resume, save=save, save_every=args.save_every)
-    except KeyboardInterrupt:
-        if not saved_steps:
-            raise  # run_cli: "nothing was written"
-        print(f"interrupted: saved {out_path} at step {saved_steps[-1]}; continue exactly with `python train_rl.py "
-              f"--size {args.size} --ckpt-dir {args.ckpt_dir} --resume`", file=sys.stderr)
-        sys.exit(130)
+    saves = ResumableSaves(out_path, f"python train_rl.py --size {args.size} --ckpt-dir {args.ckpt_dir} --resume")
+    with saves.reporting_interrupts():
+        record = train_rl(model, task, config, reference, resume=resume, save_every=args.save_every,
+                          save=lambda rec, state: saves.save(payload(rec, state), len(rec["steps"])))
     final = payload(record, None)
     final.pop("start")  # a finished run does not need its starting weights
     checkpoint.save(out_path, final)

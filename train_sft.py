@@ -10,7 +10,6 @@ checkpoint that later stages refuse until it is finished) and DIR/<size>-<stage>
 """
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from nanocot import checkpoint
 from nanocot.checkpoint import describe_mismatch
 from nanocot.cli import (
     Parser,
+    ResumableSaves,
     UsageError,
     add_run_flags,
     first_paragraph,
@@ -142,14 +142,10 @@ def main(argv=None) -> None:
     tok = Tokenizer()
     # the same preset and vocabulary as now: a checkpoint made before a preset changed is refused, naming the field
     same_model = {"size": args.size, "vocab": tok.vocab, "model_config": to_dict(model_config(args.size, len(tok)))}
-    saved_steps = []  # steps of the resumable checkpoints written by this run
-
-    def save(partial: dict) -> None:
-        checkpoint.save(out_path, partial)
-        saved_steps.append(partial["step"])
-
-    run = dict(save=save, save_every=args.save_every)
-    try:
+    saves = ResumableSaves(out_path, f"python train_sft.py --size {args.size} --stage {args.stage} --ckpt-dir "
+                                     f"{args.ckpt_dir} --resume")
+    run = dict(save=lambda partial: saves.save(partial, partial["step"]), save_every=args.save_every)
+    with saves.reporting_interrupts():
         if args.resume:
             saved = checkpoint.load(out_path, expect={**same_model, "stage": args.stage})
             if "train_state" not in saved:
@@ -170,12 +166,6 @@ def main(argv=None) -> None:
                                  f"{describe_mismatch('task', to_dict(pretrained_task), to_dict(task_cfg))}); "
                                  "task flags apply to --stage pretrain only")
             payload = finetune(pretrained, args.stage, train_cfg, device, num_examples=args.num_examples, **run)
-    except KeyboardInterrupt:
-        if not saved_steps:
-            raise  # run_cli: "nothing was written"
-        print(f"interrupted: saved {out_path} at step {saved_steps[-1]}; continue exactly with `python train_sft.py "
-              f"--size {args.size} --stage {args.stage} --ckpt-dir {args.ckpt_dir} --resume`", file=sys.stderr)
-        sys.exit(130)
     checkpoint.save(out_path, payload)
     from nanocot.plots import plot_direct_comparison, plot_stage  # here: matplotlib adds ~1 s to every start-up
 

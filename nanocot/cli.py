@@ -9,11 +9,12 @@ import math
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from nanocot import cuda_graphs
+from nanocot import checkpoint, cuda_graphs
 from nanocot.checkpoint import CheckpointError
 from nanocot.paraphrase import PARAPHRASERS
 
@@ -166,6 +167,31 @@ def writable_dir(path: str) -> Path:
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise UsageError(f"folder {folder} is not writable")
     return folder
+
+
+class ResumableSaves:
+    """Writes a training run's resumable checkpoints and remembers the last step on disk, so an interrupt can
+    say exactly what was kept and which command continues it."""
+
+    def __init__(self, path: Path, resume_command: str):
+        self.path, self.resume_command, self.last_step = path, resume_command, None
+
+    def save(self, payload: dict, step: int) -> None:
+        checkpoint.save(self.path, payload)
+        self.last_step = step
+
+    @contextmanager
+    def reporting_interrupts(self):
+        """Inside the block, Ctrl-C (or SIGTERM) exits 130 naming the last saved step and the resume command; if
+        this run saved nothing, the interrupt goes on to run_cli, which says nothing was written."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self.last_step is None:
+                raise
+            print(f"interrupted: saved {self.path} at step {self.last_step}; continue exactly with "
+                  f"`{self.resume_command}`", file=sys.stderr)
+            sys.exit(130)
 
 
 def _raise_interrupt(signum, frame):
