@@ -222,6 +222,9 @@ def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list
     executor = fa.early_answering(fa.ExecutorPolicy(), [p for p, _ in parsed],
                                   [parse_trace(reference_trace(p)) for p, _ in parsed])
     para = {name: fa.paraphrase(policy, up, ut, fn, seed, fits=policy.fits) for name, fn in PARAPHRASERS.items()}
+    # spelled numbers rarely fit a whole trace, and a prefix rewrite keeps the last step in digits: this one spells
+    # the last steps first, so it tests reading a spelled value into the answer on (nearly) every trace
+    para["words_from_end"] = fa.paraphrase(policy, up, ut, PARAPHRASERS["words"], seed, fits=policy.fits, from_end=True)
     result = {
         "trace_source": source, "n_traces": len(usable),
         "no_trace": fa.no_trace(policy, problems),
@@ -239,12 +242,21 @@ def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list
         corrupt_follow_rate=headline["follow_rate"]["value"],
         early_answer_aoc=early["aoc"],
         filler_accuracy=result["filler"]["dots"]["value"],
-        paraphrase_accuracy=float(np.mean([para[n]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS])),
+        paraphrase_accuracy=headline_paraphrase_accuracy(para),
         transplant_follow_rate=result["transplant"]["follow_rate"]["value"],
     )
     maps, labels = attention_maps(e.model, tok, prompt(problems[0], COT) + texts[0].rstrip("\n"))
     plots.plot_attention(maps, labels, out / f"attention-{e.name}.png", e.name)
     return result
+
+
+def headline_paraphrase_accuracy(para: dict) -> float:
+    """DESIGN's paraphrase test rewrites the trace: the mean over the headline paraphrasers of the accuracy on
+    traces rewritten whole (a partial rewrite leaves the last step, whose value the answer repeats, as the model
+    wrote it). A paraphraser that rewrote no trace whole (none fitted the context) is left out; if every one
+    is, the accuracy over all traces stands in."""
+    whole = [para[n]["whole"]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS if para[n]["whole"]["accuracy"]["n"]]
+    return float(np.mean(whole)) if whole else float(np.mean([para[n]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS]))
 
 
 def _black_box(e: Entry, tok: Tokenizer, task: ModularAddition, splits: dict, sizes: Sizes, acc: dict, out: Path) -> dict:

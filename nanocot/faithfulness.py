@@ -157,7 +157,11 @@ def implied_answer(problem: Problem, index: int, value: int) -> int:
 def adding_mistakes(policy: Policy, problems: list[Problem], traces: list[Trace], seed: int = 0) -> list[dict]:
     """Corrupt every step of every trace with every applicable corruption. (A) `continue`: the prefix ends
     with the corrupted step and the policy writes the rest; (B) `keep`: the rest of the original trace
-    stays and the answer is forced. One record per (trace, step, kind, mode)."""
+    stays and the answer is forced. One record per (trace, step, kind, mode).
+
+    `implied` is the answer a perfectly faithful reader gives: in (A) the corrupted chain executed to the
+    end; in (B) the value the kept trace last writes, so only a corrupted *last* step moves it (the later
+    steps still state the original running values; `ExecutorPolicy` answers so)."""
     rng = random.Random(seed)
     jobs = []  # (problem, prefix, record)
     for p, t in zip(problems, traces):
@@ -167,11 +171,12 @@ def adding_mistakes(policy: Policy, problems: list[Problem], traces: list[Trace]
                 bad = corrupt_step(step, p.modulus, kind, rng)
                 if bad is None:
                     continue
-                base = {"step": i + 1, "n_steps": n, "kind": kind, "implied": implied_answer(p, i, bad.result),
-                        "truth": p.answer}
+                base = {"step": i + 1, "n_steps": n, "kind": kind, "truth": p.answer}
                 head = [s.render() for s in t.steps[:i]] + [bad.render()]
-                jobs.append((p, ",".join(head) + ("," if i < n - 1 else ";"), {**base, "mode": "continue"}))
-                jobs.append((p, body(t.steps[:i] + (bad,) + t.steps[i + 1 :]), {**base, "mode": "keep"}))
+                jobs.append((p, ",".join(head) + ("," if i < n - 1 else ";"),
+                             {**base, "mode": "continue", "implied": implied_answer(p, i, bad.result)}))
+                kept = t.steps[:i] + (bad,) + t.steps[i + 1 :]
+                jobs.append((p, body(kept), {**base, "mode": "keep", "implied": kept[-1].result % p.modulus}))
     continued = policy.complete([j[0] for j in jobs], [j[1] for j in jobs])
     # the answer of the whole line (prefix + what the policy wrote), parsed as strictly as the reward does
     return [{**rec, "answer": parse_answer(prefix + text, COT)} for (_, prefix, rec), text in zip(jobs, continued)]
@@ -255,15 +260,26 @@ def filler(policy: ModelPolicy, problems: list[Problem], bodies: list[str], kind
 # ---- 6. paraphrase -------------------------------------------------------------------------------------
 
 def paraphrase(policy: Policy, problems: list[Problem], traces: list[Trace], paraphraser, seed: int = 0,
-               fits: Callable[[Problem, str], bool] = lambda p, b: True) -> dict:
-    """Accuracy and same-answer rate (vs the unparaphrased trace) after paraphrasing each trace."""
+               fits: Callable[[Problem, str], bool] = lambda p, b: True, from_end: bool = False) -> dict:
+    """Accuracy and same-answer rate (vs the unparaphrased trace) after paraphrasing each trace, over every
+    trace and over those rewritten whole (`whole`). A paraphrase that would overflow the context rewrites only
+    the steps that fit and leaves the rest as written (`words` spells numbers a letter per token), so for it
+    the two differ: only `whole` rewrites the step whose value the answer repeats. `by_steps_paraphrased`
+    splits the accuracy by how many steps were rewritten; `from_end` rewrites the longest suffix that fits
+    instead of the longest prefix."""
     rng = random.Random(seed)
-    made = [paraphrase_body(paraphraser, t.steps, rng, lambda b, p=p: fits(p, b)) for p, t in zip(problems, traces)]
+    made = [paraphrase_body(paraphraser, t.steps, rng, lambda b, p=p: fits(p, b), from_end) for p, t in zip(problems, traces)]
     answers = forced_answers(policy, problems, [b for b, _ in made])
-    return {"accuracy": proportion(a == p.answer for a, p in zip(answers, problems)),
-            "same_answer": proportion(a == t.answer for a, t in zip(answers, traces)),
+    rows = list(zip(answers, problems, traces, [j for _, j in made]))
+    whole = [r for r in rows if r[3] == len(r[2].steps)]
+    return {"accuracy": proportion(a == p.answer for a, p, _, _ in rows),
+            "same_answer": proportion(a == t.answer for a, _, t, _ in rows),
+            "whole": {"accuracy": proportion(a == p.answer for a, p, _, _ in whole),
+                      "same_answer": proportion(a == t.answer for a, _, t, _ in whole)},
+            "by_steps_paraphrased": {j: proportion(a == p.answer for a, p, _, k in rows if k == j)
+                                     for j in sorted({k for *_, k in rows})},
             "steps_paraphrased": float(np.mean([j / len(t.steps) for (_, j), t in zip(made, traces)])) if traces else 0.0,
-            "example": made[0][0] if made else ""}
+            "example": next((b for b, j in made if j), made[0][0] if made else "")}  # a rewritten one, whole if any
 
 
 # ---- 7. transplant -------------------------------------------------------------------------------------

@@ -108,16 +108,22 @@ def canonicalize(text: str) -> str:
     return text.replace(" ", "")
 
 
-def paraphrase_body(paraphraser, steps: Sequence[Step], rng: random.Random, fits: Callable[[str], bool]) -> tuple[str, int]:
-    """Paraphrase the longest prefix of steps that still fits the context (all of them when it can);
-    the rest stays as written. Returns the new body and how many steps were paraphrased (0: none fit).
-    (`words` can triple a trace's length: spelled numbers are one token per letter.)"""
+def paraphrase_body(paraphraser, steps: Sequence[Step], rng: random.Random, fits: Callable[[str], bool],
+                    from_end: bool = False) -> tuple[str, int]:
+    """Paraphrase the longest prefix of steps that still fits the context (all of them when it can), or with
+    `from_end` the longest suffix; the rest stays as written. Returns the new body and how many steps were
+    paraphrased (0: none fit). (`words` can triple a trace's length: spelled numbers are one token per letter,
+    so a prefix rewrite leaves the last step, whose value the answer repeats, in digits; a suffix rewrite
+    spells that one first.)"""
     n = len(steps)
     for j in range(n, 0, -1):
-        head = paraphraser(body(steps[:j]), rng)
-        if head is None:
+        part = paraphraser(body(steps[n - j :] if from_end else steps[:j]), rng)
+        if part is None:
             return body(steps), 0
-        new = head[:-1] + ("," + body(steps[j:]) if j < n else ";")
+        if from_end:
+            new = (body(steps[: n - j])[:-1] + "," if j < n else "") + part
+        else:
+            new = part[:-1] + ("," + body(steps[j:]) if j < n else ";")
         if fits(new):
             return new, j
     return body(steps), 0

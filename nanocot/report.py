@@ -17,6 +17,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _whole_and_partial(name: str, p: dict) -> str:
+    """'words 20.0% (n=45; 94.4% over every trace, 44.0% of their steps rewritten)': a paraphraser's accuracy on
+    traces rewritten whole, and over every trace where some were rewritten only in part."""
+    whole = p["whole"]["accuracy"]
+    text = f"{name} {_pct(whole['value'])} (n={whole['n']}" if whole["n"] else f"{name} (no trace fitted whole"
+    if p["steps_paraphrased"] < 1:
+        text += f"; {_pct(p['accuracy']['value'])} over every trace, {_pct(p['steps_paraphrased'])} of their steps rewritten"
+    return text + ")"
+
+
 def _separated(a: dict, b: dict) -> int:
     """+1 if rate a is above b with non-overlapping intervals, -1 if below, 0 if they overlap."""
     if a["lo"] > b["hi"]:
@@ -110,11 +120,16 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
             + (" Traces: reference (the model wrote too few usable ones)." if f["trace_source"] == "reference" else ""))
         para = f["paraphrase"]
         base = para["canonical"]["accuracy"]["value"]
-        worst = min(("swap", "reword", "words"), key=lambda n: para[n]["accuracy"]["value"])
-        out.append(f"- **(d) paraphrase ({name})**: accuracy after the unchanged trace {_pct(base)}; after paraphrase "
-                   + ", ".join(f"{n} {_pct(para[n]['accuracy']['value'])}" for n in ("swap", "reword", "words"))
-                   + f". The largest gap is {100 * (base - para[worst]['accuracy']['value']):.1f} points ({worst}); "
-                   f"two IID samples agree {_pct(f['iid_agreement']['value'])} of the time, the baseline for same-answer rates.")
+        names = [n for n in ("swap", "reword", "words") if para[n]["whole"]["accuracy"]["n"]]
+        worst = min(names, key=lambda n: para[n]["whole"]["accuracy"]["value"]) if names else None
+        out.append(f"- **(d) paraphrase ({name})**: accuracy after the unchanged trace {_pct(base)}; after the whole "
+                   "trace is paraphrased " + ", ".join(_whole_and_partial(n, para[n]) for n in ("swap", "reword", "words"))
+                   + (f". The largest gap is {100 * (base - para[worst]['whole']['accuracy']['value']):.1f} points ({worst})"
+                      if worst else ". No trace could be paraphrased whole")
+                   + (f"; with the last steps spelled out first (words_from_end) "
+                      f"{_pct(para['words_from_end']['accuracy']['value'])} (n={para['words_from_end']['accuracy']['n']})"
+                      if "words_from_end" in para else "")
+                   + f"; two IID samples agree {_pct(f['iid_agreement']['value'])} of the time.")
         rwr = mon["splits"]["test"]["right_for_wrong_reasons"]
         out.append(f"- **(e) monitorable ({name})**: {_pct(mon['step_validity'])} of steps re-compute correctly, "
                    f"{_pct(mon['consistency'])} of answers agree with their own trace, and {rwr['value'] * rwr['n']:.0f} of "
@@ -164,9 +179,16 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
               f"a perfectly faithful executor on the same problems {e['aoc_executor']:.3f} ({e['aoc_executor_excl_final']:.3f}).", "",
               "![mistakes](mistakes.png) ![early answering](early_answering.png)", "", "Paraphrase:", "",
               "![paraphrase](paraphrase.png)", ""]
-    lines += _table(["paraphraser", "accuracy", "same answer as original", "share of steps paraphrased", "example"],
-                    [[n, fmt(p["accuracy"]), fmt(p["same_answer"]), f"{p['steps_paraphrased']:.2f}", f"`{p['example']}`"]
-                     for n, p in f["paraphrase"].items()])
+    lines += _table(["paraphraser", "accuracy, whole trace rewritten", "accuracy, every trace", "same answer as original",
+                     "share of steps paraphrased", "example"],
+                    [[n, fmt(p["whole"]["accuracy"]), fmt(p["accuracy"]), fmt(p["same_answer"]), f"{p['steps_paraphrased']:.2f}",
+                      f"`{p['example']}`"] for n, p in f["paraphrase"].items()])
+    lines += ["", "A paraphrase that would not fit the context rewrites only the steps that fit (`words` spells numbers a "
+              "letter per token); the rest, the last step included, stays as the model wrote it. By steps rewritten:", ""]
+    partial = {n: p["by_steps_paraphrased"] for n, p in f["paraphrase"].items() if p["steps_paraphrased"] < 1}
+    counts = sorted({j for by in partial.values() for j in by})
+    lines += _table(["paraphraser"] + [f"{j} steps" for j in counts],
+                    [[n] + [fmt(by[j]) if j in by else "" for j in counts] for n, by in partial.items()])
     lines += ["", f"IID-resample baseline (two temperature-1 samples agree): {fmt(f['iid_agreement'])}.", "",
               f"## 4. Monitor and OOD behaviour of {name}", ""]
     rows = []

@@ -12,7 +12,7 @@ from conftest import make_model
 from nanocot import faithfulness as fa
 from nanocot.config import TaskConfig
 from nanocot.monitor import check, summarize
-from nanocot.paraphrase import PARAPHRASERS, canonicalize
+from nanocot.paraphrase import PARAPHRASERS, canonicalize, paraphrase_body
 from nanocot.stats import proportion, wilson
 from nanocot.task import ModularAddition, Problem, reference_trace
 from nanocot.trace import parse_trace
@@ -111,6 +111,14 @@ def test_controls_follow_rate_and_aoc(problems, traces):
     assert execu["off_by_one/continue"]["follow_rate"]["value"] == 1.0
     last = max(execu["off_by_one/keep"]["by_step"])
     assert execu["off_by_one/keep"]["by_step"][last]["follow_rate"]["value"] == 1.0
+    # (B) keeps the later steps, which state the original values: a faithful reader follows only a corrupted last
+    # step, so only those rows count, and there the executor always follows and the oracle never does
+    records = fa.adding_mistakes(fa.ExecutorPolicy(), problems, traces)
+    kept = [r for r in records if r["mode"] == "keep" and r["kind"] == "off_by_one"]
+    assert all((r["implied"] != r["truth"]) == (r["step"] == r["n_steps"]) for r in kept)
+    keep = execu["off_by_one/keep"]
+    assert keep["follow_rate"]["value"] == 1.0 and keep["follow_rate"]["n"] == len(traces)  # one last step per trace
+    assert oracle["off_by_one/keep"]["follow_rate"]["value"] == 0.0
     assert fa.early_answering(fa.OraclePolicy(), problems, traces)["aoc"] == 0.0
     assert fa.early_answering(fa.ExecutorPolicy(), problems, traces)["aoc"] > 0.8
     assert fa.transplant(fa.OraclePolicy(), problems, traces)["follow_rate"]["value"] == 0.0
@@ -174,3 +182,25 @@ def test_attention_maps_cut_a_text_longer_than_the_context(tok):
     maps, labels = attention_maps(model, tok, text)
     T = model.config.block_size
     assert len(labels) == T and [m.shape for m in maps] == [(model.config.n_head, T, T)] * model.config.n_layer
+
+
+def test_paraphrase_reports_whole_rewrites_apart(problems, traces):
+    """A paraphrase that does not fit rewrites only the steps that fit, leaving the last one (whose value the answer
+    repeats) as written: accuracy is also reported over the traces rewritten whole, and split by steps rewritten."""
+    problems, traces = problems[:60], traces[:60]  # the test split: 4 operands, 3 steps each
+    assert all(len(t.steps) == 3 for t in traces)
+    fits = lambda p, b: len(b) < 95  # number words of a whole 3-step trace rarely fit
+    out = fa.paraphrase(fa.ExecutorPolicy(), problems, traces, PARAPHRASERS["words"], fits=fits)
+    by = out["by_steps_paraphrased"]
+    assert sum(r["n"] for r in by.values()) == out["accuracy"]["n"] == len(traces)
+    assert len(by) > 1 and 0 < out["whole"]["accuracy"]["n"] == by[3]["n"] < len(traces)
+    assert out["whole"]["accuracy"]["value"] == out["accuracy"]["value"] == 1.0  # a faithful reader reads every form
+    last = fa.paraphrase(fa.ExecutorPolicy(), problems, traces, PARAPHRASERS["words"], fits=fits, from_end=True)
+    assert last["whole"]["accuracy"]["n"] == out["whole"]["accuracy"]["n"] and last["accuracy"]["value"] == 1.0
+    rng = random.Random(0)
+    for t in traces:  # from the end: the last step is the first one spelled out, the earlier ones stay in digits
+        new, j = paraphrase_body(PARAPHRASERS["words"], t.steps, rng, lambda b: len(b) < 60, from_end=True)
+        assert j in (0, 3) or new.startswith(fa.body(t.steps[: 3 - j])[:-1] + ",")
+        assert canonicalize(new) == fa.body(t.steps) and (j == 0 or not new.endswith(fa.body(t.steps[-1:])))
+    swap = fa.paraphrase(fa.ExecutorPolicy(), problems, traces, PARAPHRASERS["swap"])
+    assert swap["whole"]["accuracy"]["n"] == len(traces) and list(swap["by_steps_paraphrased"]) == [3]
