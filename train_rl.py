@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--paraphraser", type=paraphraser_names, default=d.paraphraser,
                    help=f"comma-separated paraphrasers used in the loop, one drawn per paraphrased sample, from "
                         f"{', '.join(PARAPHRASERS)} (default: {d.paraphraser})")
+    p.add_argument("--paraphrase-from-end", type=probability, default=d.paraphrase_from_end,
+                   help=f"share of the paraphrased traces rewritten from the last step back (number words rarely fit a "
+                        f"whole trace; from the front they leave the last step in digits) (default: {d.paraphrase_from_end})")
     p.add_argument("--eval-problems", type=positive_int, default=d.eval_problems,
                    help=f"held-out problems for greedy accuracy (default: {d.eval_problems})")
     p.add_argument("--pass-k", type=positive_int, default=d.pass_k, help=f"k of the pass@k evaluation (default: {d.pass_k})")
@@ -114,7 +117,8 @@ def main(argv=None) -> None:
                       paraphrase_prob=args.paraphrase_prob,
                       eval_every=args.eval_every, seed=args.seed, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
                       max_new_tokens=args.max_new_tokens, warmup_steps=args.warmup_steps,
-                      paraphraser=args.paraphraser, eval_problems=args.eval_problems,
+                      paraphraser=args.paraphraser, paraphrase_from_end=args.paraphrase_from_end,
+                      eval_problems=args.eval_problems,
                       pass_k=args.pass_k, pass_problems=args.pass_problems)
     folder = Path(args.ckpt_dir)
     out_path = folder / f"{args.size}-cot.pt"

@@ -71,6 +71,10 @@ def parse_args(argv=None):
     p.add_argument("--read-paraphrasers", type=paraphraser_names,
                    help="warmup only: comma-separated paraphrasers for those examples, from "
                         f"{', '.join(PARAPHRASERS)} (default: {STAGE_DEFAULTS['warmup'].read_paraphrasers})")
+    p.add_argument("--read-from-end", type=probability,
+                   help="warmup only: share of those examples paraphrased from the last step back (number words rarely "
+                        "fit a whole trace; from the front they leave the last step in digits) "
+                        f"(default: {STAGE_DEFAULTS['warmup'].read_from_end})")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
     g.add_argument("--operands", type=int, default=task.num_operands, help=f"operands per test problem, k (default: {task.num_operands})")
     g.add_argument("--min-operands", type=int, default=task.min_operands,
@@ -104,6 +108,7 @@ def main(argv=None) -> None:
     # flags one stage reads: refused at another rather than silently ignored
     for flag, given, where in (("--paraphrase-fraction", bool(args.paraphrase_fraction), ("warmup",)),
                                ("--read-paraphrasers", args.read_paraphrasers is not None, ("warmup",)),
+                               ("--read-from-end", args.read_from_end is not None, ("warmup",)),
                                ("--num-examples", args.num_examples > 0, ("warmup", "direct"))):
         if given and args.stage not in where:
             raise UsageError(f"{flag} applies to the {' and '.join(where)} stage{'s' * (len(where) > 1)} only, not {args.stage}")
@@ -129,7 +134,8 @@ def main(argv=None) -> None:
                         stop_accuracy=defaults.stop_accuracy if args.stop_accuracy is None else args.stop_accuracy,
                         stop_nearest=args.stop_nearest or defaults.stop_nearest,
                         paraphrase_fraction=defaults.paraphrase_fraction if args.paraphrase_fraction is None
-                        else args.paraphrase_fraction)
+                        else args.paraphrase_fraction,
+                        read_from_end=defaults.read_from_end if args.read_from_end is None else args.read_from_end)
     folder = Path(args.ckpt_dir)
     out_path, source = folder / f"{args.size}-{args.stage}.pt", folder / f"{args.size}-pretrain.pt"
     # what this run reads must exist before anything is created (a mistyped --ckpt-dir leaves no empty folder)

@@ -91,6 +91,10 @@ class TrainConfig:
     # paraphrasers (comma-separated names from nanocot/paraphrase.py)
     paraphrase_fraction: float = 0.0
     read_paraphrasers: str = "reword,words"
+    # of those, the share whose paraphrase runs from the last step back (paraphrase.paraphrase_body's from_end): number
+    # words rarely fit a whole trace, and from the front they leave the last step, whose value the answer repeats, in
+    # digits, so a reader never has to turn a spelled value into the answer
+    read_from_end: float = 0.0
     # direct/warmup: stop at the first evaluation whose accuracy on 300 training-split problems reaches this (0 = run
     # every step), e.g. a warm-up that leaves REINFORCE a known gap whichever step chaining happens to appear at
     stop_accuracy: float = 0.0

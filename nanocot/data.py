@@ -28,14 +28,15 @@ def task_example(tok: Tokenizer, problem: Problem, mode: str) -> tuple[list[int]
 
 
 def reading_example(tok: Tokenizer, problem: Problem, paraphraser, rng: random.Random,
-                    block_size: int) -> tuple[list[int], list[int]]:
+                    block_size: int, from_end: bool = False) -> tuple[list[int], list[int]]:
     """Teach the model to *read* a paraphrased trace: prompt + the reference trace paraphrased (context, no
     loss) + "answer\n" (loss). The answer then has to come from what the trace says, in whatever words; the
-    model is never trained to *write* paraphrases. Steps that would overflow the context stay as written."""
+    model is never trained to *write* paraphrases. Steps that would overflow the context stay as written: the
+    last ones, or with `from_end` the first ones."""
     prompt_ids = tok.encode(prompt(problem, COT))
     room = block_size + 1 - len(prompt_ids) - 2  # collate shifts by one; keep "answer\n"
     fits = lambda text: len(tok.encode(text)) <= room
-    body, _ = paraphrase_body(paraphraser, parse_trace(reference_trace(problem)).steps, rng, fits)
+    body, _ = paraphrase_body(paraphraser, parse_trace(reference_trace(problem)).steps, rng, fits, from_end)
     body_ids, answer_ids = tok.encode(body), tok.encode(f"{problem.answer}\n")
     return prompt_ids + body_ids + answer_ids, [0] * (len(prompt_ids) + len(body_ids)) + [1] * len(answer_ids)
 

@@ -86,6 +86,8 @@ class RLConfig:
     # seed 0 ended at 94.4%; docs/LOG.md, session 10)
     paraphrase_prob: float = 0.15
     paraphraser: str = "reword,words"  # comma-separated; one drawn per paraphrased sample
+    # share of the paraphrased samples rewritten from the last step back (TrainConfig.read_from_end says why)
+    paraphrase_from_end: float = 0.0
     max_new_tokens: int = 80
     eval_every: int = 250  # each evaluation decodes 1,100 completions (~1 s on one CPU thread)
     eval_problems: int = 300
@@ -207,7 +209,8 @@ class Reinforce:
                 else:  # the longest prefix of steps whose paraphrase fits, as in the warm-up and the evaluation
                     # (`words` spells numbers a letter per token: a whole 4-step trace fits 5% of the time)
                     fits = lambda b, room=room: len(tok.encode(b)) <= room
-                    new_body, paraphrased = paraphrase_body(PARAPHRASERS[name], steps, self.py_rng, fits)
+                    from_end = cfg.paraphrase_from_end > 0 and self.py_rng.random() < cfg.paraphrase_from_end
+                    new_body, paraphrased = paraphrase_body(PARAPHRASERS[name], steps, self.py_rng, fits, from_end)
                     if paraphrased:
                         contexts.append(prompts[i]), generated.append(tok.encode(parts[0])), owner.append(i)
                         paraphrased_at.append((i, prompts[i] + tok.encode(new_body)))

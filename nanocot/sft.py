@@ -105,7 +105,8 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
         if readers and rng.random() < train_cfg.paraphrase_fraction:
             paraphraser = readers[int(rng.integers(len(readers)))]
             wording = random.Random(int(rng.integers(2**31)))  # drawn from rng, so --resume replays it exactly
-            return True, reading_example(tok, problem, paraphraser, wording, model.config.block_size)
+            from_end = train_cfg.read_from_end > 0 and rng.random() < train_cfg.read_from_end  # no draw when off
+            return True, reading_example(tok, problem, paraphraser, wording, model.config.block_size, from_end)
         return False, task_example(tok, problem, mode)
 
     def next_batch(step: int):

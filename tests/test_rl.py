@@ -20,7 +20,7 @@ import nanocot.rl as rl
 from nanocot import checkpoint
 from nanocot.config import TaskConfig, model_config
 from nanocot.model import GPT
-from nanocot.paraphrase import swap_operands, to_words
+from nanocot.paraphrase import canonicalize, swap_operands, to_words
 from nanocot.rl import Reinforce, RLConfig, advantages, sequence_logprobs
 from nanocot.sampling import Samples
 from nanocot.task import COT, ModularAddition, Problem, prompt, reference_trace
@@ -426,6 +426,29 @@ def test_paraphrase_in_the_loop_rewrites_the_longest_prefix_that_fits(task, monk
     reworded = [c for c in contexts if c not in spelled and c != body and any(w in c for w in (" plus ", " + ", " then "))]
     assert spelled and reworded and len(spelled) + len(reworded) == 6, contexts
     assert all(c.endswith(body.split(",")[-1]) for c in spelled), "the steps that do not fit stay as written"
+
+
+def test_paraphrase_from_end_spells_the_last_step_first(task, monkeypatch):
+    """With `paraphrase_from_end` 1 the longest fitting *suffix* is spelled out: the last step, whose value the
+    answer repeats, is in words and the first steps stay as written (from the front it is the other way round)."""
+    p = Problem((13, 18, 14, 4), 21)
+    body = reference_trace(p).split(";")[0] + ";"
+    calls = []
+
+    def fake_generate(model, prompts, max_new_tokens, *args, **kwargs):
+        calls.append(prompts)
+        return _samples([body + "7\n"] * len(prompts) if len(calls) == 1 else ["7\n"] * len(prompts), max_new_tokens)
+
+    monkeypatch.setattr(rl, "generate", fake_generate)
+    monkeypatch.setattr(rl, "generate_ragged", fake_generate)
+    trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, samples_per_prompt=4, paraphrase_prob=1.0,
+                                                     paraphraser="words", paraphrase_from_end=1.0, seed=0))
+    prompt_ids = TOK.encode(prompt(p, COT))
+    trainer._sample([p])
+    contexts = [TOK.decode(c[len(prompt_ids):]) for c in calls[1]]
+    first_step = body.split(",")[0]
+    assert len(contexts) == 4 and all(c.startswith(first_step + ",") and c.endswith(" is seven;") for c in contexts), contexts
+    assert all(canonicalize(c) == body for c in contexts)
 
 
 def test_a_trace_the_paraphraser_cannot_read_earns_nothing(task, monkeypatch):

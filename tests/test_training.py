@@ -299,6 +299,26 @@ def test_warmup_paraphrase_fraction_mixes_reading_examples(tiny_pretrain_payload
     assert share == fraction if fraction in (0.0, 1.0) else 0.35 < share < 0.65
 
 
+def test_reading_example_from_end_spells_the_last_step(tok):
+    """A reading example paraphrased from the end puts the value the answer repeats in words (from the front,
+    number words that do not fit leave it in digits, so the answer could be copied without reading)."""
+    import random
+
+    from nanocot.data import reading_example
+    from nanocot.paraphrase import PARAPHRASERS, canonicalize
+
+    problem = Problem((13, 18, 14, 4), 21)  # its whole trace spelled out does not fit the context
+    reference = reference_trace(problem).split(";")[0] + ";"
+    n_prompt = len(tok.encode(prompt(problem, COT)))
+    bodies = {}
+    for from_end in (False, True):
+        ids, _ = reading_example(tok, problem, PARAPHRASERS["words"], random.Random(1), 96, from_end=from_end)
+        bodies[from_end] = tok.decode(ids[n_prompt:-2])
+        assert canonicalize(bodies[from_end]) == reference
+    assert bodies[False].endswith(reference.split(",")[-1]) and bodies[True].startswith(reference.split(",")[0] + ",")
+    assert not bodies[True].endswith(reference.split(",")[-1])
+
+
 def test_stop_accuracy_ends_the_stage_at_the_first_evaluation_that_reaches_it():
     """A warm-up with --stop-accuracy stops before the step whose evaluation first reached the threshold on
     training-split problems (never the test set's): the steps before it are the run, and no later step or
