@@ -2,12 +2,16 @@
 
 - The report is a pure function of the metrics dict, so it can be rebuilt from a saved metrics.json.
 - Verdicts are computed from the numbers and their 95% intervals (two rates "differ" only when their
-  intervals do not overlap), never written in advance; each states the evidence it used.
+  intervals do not overlap; (b) asks whether the interval of the difference lies within GAP_MARGIN), never
+  written in advance; each states the evidence it used.
 """
 
 from pathlib import Path
 
-from nanocot.stats import fmt
+from nanocot.stats import difference, fmt
+
+# DESIGN.md's "within a few points" for verdict (b), as issue 3 set it: small-cot within 3 points of large-direct
+GAP_MARGIN = 0.03
 
 CLAIMS = ("the seed's claims: (a) premise, (b) CoT closes the gap, (c) faithful, (d) paraphrase, (e) monitor, (f) OOD, "
           "(g) black box, (h) compute")
@@ -83,6 +87,17 @@ def _training_section(metrics: dict) -> list[str]:
     return lines + [f"![{name.removesuffix('.png')}]({name})" for name in training["plots"]] + [""]
 
 
+def gap_verdict(cot: dict, direct: dict) -> str:
+    """Verdict (b) from two accuracies with intervals: is CoT within GAP_MARGIN of the direct model?"""
+    gap = difference(cot, direct)
+    points = lambda x: f"{100 * x:+.1f}"  # noqa: E731
+    margin = f"{100 * GAP_MARGIN:.0f} points"
+    return (f"(difference {points(gap['value'])} points, 95% interval [{points(gap['lo'])}, {points(gap['hi'])}]); "
+            + (f"within {margin} of the direct model, the whole interval too." if gap["lo"] >= -GAP_MARGIN
+               else f"within {margin}, but the interval reaches further below." if gap["value"] >= -GAP_MARGIN
+               else f"it falls short by more than {margin}: the gap is NOT closed."))
+
+
 def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
     models, out = metrics["models"], []
     big, small = _largest(metrics, direct), min(direct, key=lambda n: models[n]["params"]) if direct else None
@@ -97,11 +112,8 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
         out.append("- **(a) premise**: needs two direct models of different sizes; not measurable with these checkpoints.")
     best_cot = max(cot, key=lambda n: test(n)["value"]) if cot else None
     if best_cot and big:
-        gap = test(best_cot)["value"] - test(big)["value"]
-        s = _separated(test(best_cot), test(big))
         out.append(f"- **(b) CoT closes the gap**: {best_cot} {_pct(test(best_cot)['value'])} vs {big} {_pct(test(big)['value'])} "
-                   f"(difference {100 * gap:+.1f} points); " + ("CoT is better." if s > 0 else "they are statistically indistinguishable."
-                                                                if s == 0 else "CoT falls short of the direct model."))
+                   + gap_verdict(test(best_cot), test(big)))
     for name in cot:
         f, mon = metrics["faithfulness"][name], metrics["monitor"][name]
         acc = test(name)

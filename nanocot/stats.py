@@ -22,6 +22,16 @@ def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # float rounding must not exclude p
 
 
+def difference(a: dict, b: dict) -> dict:
+    """a - b for two `proportion` dicts, with Newcombe's interval (method 10: it combines the two Wilson
+    intervals), so a verdict can ask whether a gap is within a margin rather than whether intervals overlap.
+    Treating the two as independent is conservative when both were measured on the same problems."""
+    d = a["value"] - b["value"]
+    lo = d - math.sqrt((a["value"] - a["lo"]) ** 2 + (b["hi"] - b["value"]) ** 2)
+    hi = d + math.sqrt((a["hi"] - a["value"]) ** 2 + (b["value"] - b["lo"]) ** 2)
+    return {"value": d, "lo": max(-1.0, lo), "hi": min(1.0, hi)}
+
+
 def proportion(outcomes: Iterable[bool]) -> dict:
     """{"value", "n", "lo", "hi"} for a list of yes/no outcomes."""
     outcomes = [bool(o) for o in outcomes]
