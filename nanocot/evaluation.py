@@ -179,7 +179,8 @@ def _sampled(model: GPT, tok: Tokenizer, problems: list[Problem], k: int, seed: 
                             max_new_tokens=model.config.block_size)
     answers = np.array([parse_answer(t, COT) for t in texts], dtype=object).reshape(len(problems), k)
     hits = np.array([[a == p.answer for a in row] for row, p in zip(answers, problems)])
-    return {"k": k, "pass@1": proportion(hits.flatten()), f"pass@{k}": proportion(hits.any(1)),
+    per_problem = np.repeat(np.arange(len(problems)), k)  # k samples of one problem are not independent
+    return {"k": k, "pass@1": proportion(hits.flatten(), clusters=per_problem), f"pass@{k}": proportion(hits.any(1)),
             "agreement": proportion(row[0] is not None and row[0] == row[1] for row in answers) if k >= 2 else proportion([])}
 
 

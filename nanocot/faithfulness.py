@@ -164,14 +164,14 @@ def adding_mistakes(policy: Policy, problems: list[Problem], traces: list[Trace]
     steps still state the original running values; `ExecutorPolicy` answers so)."""
     rng = random.Random(seed)
     jobs = []  # (problem, prefix, record)
-    for p, t in zip(problems, traces):
+    for trace_index, (p, t) in enumerate(zip(problems, traces)):
         n = len(t.steps)
         for i, step in enumerate(t.steps):
             for kind in CORRUPTIONS:
                 bad = corrupt_step(step, p.modulus, kind, rng)
                 if bad is None:
                     continue
-                base = {"step": i + 1, "n_steps": n, "kind": kind, "truth": p.answer}
+                base = {"step": i + 1, "n_steps": n, "kind": kind, "truth": p.answer, "trace": trace_index}
                 head = [s.render() for s in t.steps[:i]] + [bad.render()]
                 jobs.append((p, ",".join(head) + ("," if i < n - 1 else ";"),
                              {**base, "mode": "continue", "implied": implied_answer(p, i, bad.result)}))
@@ -183,7 +183,8 @@ def adding_mistakes(policy: Policy, problems: list[Problem], traces: list[Trace]
 
 
 def summarize_mistakes(records: list[dict]) -> dict:
-    """Accuracy and follow rate per (kind, mode), and per corrupted step position for off_by_one."""
+    """Accuracy and follow rate per (kind, mode), and per corrupted step position for off_by_one. The overall
+    rates pool several corrupted steps of each trace: their intervals treat a trace as the independent unit."""
     out: dict = {}
     for kind in CORRUPTIONS:
         for mode in ("continue", "keep"):
@@ -191,9 +192,10 @@ def summarize_mistakes(records: list[dict]) -> dict:
             by_step = defaultdict(list)
             for r in rows:
                 by_step[r["step"]].append(r)
+            moved = [r for r in rows if r["implied"] != r["truth"]]
             out[f"{kind}/{mode}"] = {
-                "accuracy": proportion(r["answer"] == r["truth"] for r in rows),
-                "follow_rate": proportion(r["answer"] == r["implied"] for r in rows if r["implied"] != r["truth"]),
+                "accuracy": proportion((r["answer"] == r["truth"] for r in rows), clusters=[r["trace"] for r in rows]),
+                "follow_rate": proportion((r["answer"] == r["implied"] for r in moved), clusters=[r["trace"] for r in moved]),
                 "by_step": {s: {"accuracy": proportion(r["answer"] == r["truth"] for r in rs),
                                 "follow_rate": proportion(r["answer"] == r["implied"] for r in rs if r["implied"] != r["truth"])}
                             for s, rs in sorted(by_step.items())},

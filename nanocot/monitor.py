@@ -75,7 +75,9 @@ def summarize(problems: list[Problem], checks: list[TraceCheck]) -> dict:
         key = "none" if c.valid else str(c.first_invalid + 1)  # 1-based step number for readers
         first[key] = first.get(key, 0) + 1
     return {
-        "step_validity": proportion(ok for c in checks for ok in c.step_ok),
+        # the steps of one trace are not independent: the interval treats a trace as the unit
+        "step_validity": proportion((ok for c in checks for ok in c.step_ok),
+                                    clusters=[i for i, c in enumerate(checks) for _ in c.step_ok]),
         "trace_validity": proportion(c.valid for c in checks),
         "consistency": proportion(c.consistent for c in checks),
         # of the correct answers, how many come with an invalid trace (right for the wrong reasons)

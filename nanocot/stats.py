@@ -4,6 +4,9 @@
   exactly where faithfulness rates live (follow rates near 1, filler gains near 0).
 - n = 0 gives the whole interval [0, 1] and value 0.0: "no evidence" stays finite in metrics.json, and the
   n printed beside it says why.
+- Outcomes that come in clusters (8 samples of one problem, 3 corrupted steps of one trace, the steps of one
+  trace) are not independent: `proportion(..., clusters=...)` widens the interval by the design effect (the
+  cluster-robust variance over the binomial one), i.e. Wilson at the effective sample size n / deff.
 """
 
 import math
@@ -32,12 +35,33 @@ def difference(a: dict, b: dict) -> dict:
     return {"value": d, "lo": max(-1.0, lo), "hi": min(1.0, hi)}
 
 
-def proportion(outcomes: Iterable[bool]) -> dict:
-    """{"value", "n", "lo", "hi"} for a list of yes/no outcomes."""
+def proportion(outcomes: Iterable[bool], clusters: Iterable | None = None) -> dict:
+    """{"value", "n", "lo", "hi"} for a list of yes/no outcomes; with `clusters` (one label per outcome: the
+    problem or trace it came from) also "clusters" and "design_effect", and the interval widened by it."""
     outcomes = [bool(o) for o in outcomes]
     hits, n = sum(outcomes), len(outcomes)
-    lo, hi = wilson(hits, n)
-    return {"value": hits / n if n else 0.0, "n": n, "lo": lo, "hi": hi}
+    if clusters is None:
+        lo, hi = wilson(hits, n)
+        return {"value": hits / n if n else 0.0, "n": n, "lo": lo, "hi": hi}
+    sums: dict = {}
+    for label, o in zip(clusters, outcomes, strict=True):
+        h, m = sums.get(label, (0, 0))
+        sums[label] = (h + o, m + 1)
+    deff = design_effect(list(sums.values()), hits, n)
+    lo, hi = wilson(hits / deff, n / deff)  # the same rate, at the effective sample size
+    return {"value": hits / n if n else 0.0, "n": n, "lo": lo, "hi": hi, "clusters": len(sums), "design_effect": deff}
+
+
+def design_effect(clusters: list[tuple[int, int]], hits: int, n: int) -> float:
+    """Variance of a clustered proportion (the ratio estimator's cluster-robust variance, from (hits, count)
+    per cluster) over the binomial variance p(1-p)/n; at least 1 (never narrower than Wilson), 1 when it is
+    undefined (p is 0 or 1, or a single cluster)."""
+    k = len(clusters)
+    if k < 2 or hits in (0, n):
+        return 1.0
+    p = hits / n
+    robust = k / (k - 1) * sum((h - p * m) ** 2 for h, m in clusters) / n**2
+    return max(1.0, robust / (p * (1 - p) / n))
 
 
 def fmt(rate: dict, digits: int = 3) -> str:

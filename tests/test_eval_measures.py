@@ -222,3 +222,20 @@ def test_gap_verdict_asks_for_the_margin_not_for_overlapping_intervals():
     assert "within 3 points of the direct model, the whole interval too" in gap_verdict(rate(983), rate(999))
     assert "reaches further below" in gap_verdict(rate(292, 300), rate(299, 300))
     assert "NOT closed" in gap_verdict(rate(900), rate(999))
+
+
+def test_clustered_proportion_widens_by_the_design_effect():
+    """8 samples of each of 300 problems whose own success rates spread uniformly over [0, 1]: the outcomes of
+    one problem are correlated (intra-class correlation 1/3), so the design effect is about 1 + 7/3 and the
+    interval about sqrt(3.3) times Wilson's; independent outcomes keep (about) Wilson's."""
+    rng = random.Random(0)
+    rates = [rng.random() for _ in range(300)]
+    clustered = [rng.random() < q for q in rates for _ in range(8)]
+    labels = [i for i in range(300) for _ in range(8)]
+    plain, robust = proportion(clustered), proportion(clustered, clusters=labels)
+    assert robust["value"] == plain["value"] and robust["clusters"] == 300
+    assert 2.5 < robust["design_effect"] < 4.2
+    assert (robust["hi"] - robust["lo"]) / (plain["hi"] - plain["lo"]) == pytest.approx(robust["design_effect"] ** 0.5, rel=0.05)
+    independent = proportion([rng.random() < 0.8 for _ in range(2400)], clusters=labels)
+    assert 1.0 <= independent["design_effect"] < 1.3
+    assert proportion([True] * 16, clusters=[0] * 8 + [1] * 8)["design_effect"] == 1.0  # p = 1: nothing to widen
