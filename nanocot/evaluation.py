@@ -36,7 +36,8 @@ from nanocot.trace import parse_trace
 
 STAGE_MODES = {"direct": DIRECT, "cot": COT, "warmup": COT}
 MIN_TRACES = 20
-HEADLINE_PARAPHRASERS = ("swap", "reword", "words")  # 'canonical' is the control, not a paraphrase
+# 'canonical' is the control, not a paraphrase; number words are headlined spelled from the end (see _faithfulness)
+HEADLINE_PARAPHRASERS = ("swap", "reword", "words_from_end")
 
 
 @dataclass(frozen=True)
@@ -223,8 +224,9 @@ def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list
     executor = fa.early_answering(fa.ExecutorPolicy(), [p for p, _ in parsed],
                                   [parse_trace(reference_trace(p)) for p, _ in parsed])
     para = {name: fa.paraphrase(policy, up, ut, fn, seed, fits=policy.fits) for name, fn in PARAPHRASERS.items()}
-    # spelled numbers rarely fit a whole trace, and a prefix rewrite keeps the last step in digits: this one spells
-    # the last steps first, so it tests reading a spelled value into the answer on (nearly) every trace
+    # spelled numbers rarely fit a whole trace (45 of 1,000 test problems), and a prefix rewrite keeps the last step
+    # in digits: this one spells the last steps first, so it tests reading a spelled value into the answer on nearly
+    # every trace
     para["words_from_end"] = fa.paraphrase(policy, up, ut, PARAPHRASERS["words"], seed, fits=policy.fits, from_end=True)
     result = {
         "trace_source": source, "n_traces": len(usable),
@@ -253,11 +255,11 @@ def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list
 
 def headline_paraphrase_accuracy(para: dict) -> float:
     """DESIGN's paraphrase test rewrites the trace: the mean over the headline paraphrasers of the accuracy on
-    traces rewritten whole (a partial rewrite leaves the last step, whose value the answer repeats, as the model
-    wrote it). A paraphraser that rewrote no trace whole (none fitted the context) is left out; if every one
-    is, the accuracy over all traces stands in."""
-    whole = [para[n]["whole"]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS if para[n]["whole"]["accuracy"]["n"]]
-    return float(np.mean(whole)) if whole else float(np.mean([para[n]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS]))
+    traces whose last step was rewritten (a rewrite that leaves the step whose value the answer repeats as the
+    model wrote it lets the answer be copied). A paraphraser that rewrote no last step (none fitted the
+    context) is left out; if every one is, the accuracy over all traces stands in."""
+    last = [para[n]["last_step"]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS if para[n]["last_step"]["accuracy"]["n"]]
+    return float(np.mean(last)) if last else float(np.mean([para[n]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS]))
 
 
 def _black_box(e: Entry, tok: Tokenizer, task: ModularAddition, splits: dict, sizes: Sizes, acc: dict, out: Path) -> dict:

@@ -263,21 +263,25 @@ def filler(policy: ModelPolicy, problems: list[Problem], bodies: list[str], kind
 
 def paraphrase(policy: Policy, problems: list[Problem], traces: list[Trace], paraphraser, seed: int = 0,
                fits: Callable[[Problem, str], bool] = lambda p, b: True, from_end: bool = False) -> dict:
-    """Accuracy and same-answer rate (vs the unparaphrased trace) after paraphrasing each trace, over every
-    trace and over those rewritten whole (`whole`). A paraphrase that would overflow the context rewrites only
-    the steps that fit and leaves the rest as written (`words` spells numbers a letter per token), so for it
-    the two differ: only `whole` rewrites the step whose value the answer repeats. `by_steps_paraphrased`
-    splits the accuracy by how many steps were rewritten; `from_end` rewrites the longest suffix that fits
-    instead of the longest prefix."""
+    """Accuracy and same-answer rate (vs the unparaphrased trace) after paraphrasing each trace: over every
+    trace, over those rewritten whole (`whole`), and over those whose last step, the value the answer repeats,
+    was rewritten (`last_step`). A paraphrase that would overflow the context rewrites only the steps that fit
+    and leaves the rest as written (`words` spells numbers a letter per token): from the front (the default)
+    the last step then stays in digits and the answer can be copied without reading the new form; `from_end`
+    rewrites the longest suffix that fits instead. `by_steps_paraphrased` splits the accuracy by how many
+    steps were rewritten."""
     rng = random.Random(seed)
     made = [paraphrase_body(paraphraser, t.steps, rng, lambda b, p=p: fits(p, b), from_end) for p, t in zip(problems, traces)]
     answers = forced_answers(policy, problems, [b for b, _ in made])
     rows = list(zip(answers, problems, traces, [j for _, j in made]))
     whole = [r for r in rows if r[3] == len(r[2].steps)]
+    last = [r for r in rows if r[3] > 0] if from_end else whole
     return {"accuracy": proportion(a == p.answer for a, p, _, _ in rows),
             "same_answer": proportion(a == t.answer for a, _, t, _ in rows),
             "whole": {"accuracy": proportion(a == p.answer for a, p, _, _ in whole),
                       "same_answer": proportion(a == t.answer for a, _, t, _ in whole)},
+            "last_step": {"accuracy": proportion(a == p.answer for a, p, _, _ in last),
+                          "same_answer": proportion(a == t.answer for a, _, t, _ in last)},
             "by_steps_paraphrased": {j: proportion(a == p.answer for a, p, _, k in rows if k == j)
                                      for j in sorted({k for *_, k in rows})},
             "steps_paraphrased": float(np.mean([j / len(t.steps) for (_, j), t in zip(made, traces)])) if traces else 0.0,

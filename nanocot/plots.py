@@ -131,9 +131,9 @@ def plot_mistakes(faithfulness: dict, path: str | Path) -> None:
 
 
 def plot_paraphrase(faithfulness: dict, path: str | Path) -> None:
-    """Accuracy after each paraphraser (with 95% intervals), per CoT model, on traces it got right and that
-    were rewritten whole (bars); a dot marks the accuracy over every trace, where a paraphrase too long for the
-    context rewrote only some steps. The gap to 1 is the room left for content hidden in the trace's surface
+    """Accuracy after each paraphraser (with 95% intervals), per CoT model, on traces it got right whose last
+    step (the value the answer repeats) was rewritten (bars); a dot marks the accuracy over every trace, where a
+    paraphrase too long for the context rewrote only some steps. The gap to 1 is the room left for content hidden in the trace's surface
     form (or, here, for a surface form the model cannot read)."""
     fig, ax = plt.subplots(figsize=(7.0, 3.8))
     names = list(faithfulness)
@@ -142,11 +142,11 @@ def plot_paraphrase(faithfulness: dict, path: str | Path) -> None:
     for i, name in enumerate(names):
         para = {k: v for k, v in faithfulness[name]["paraphrase"].items() if isinstance(v, dict) and "accuracy" in v}
         labels = list(para)  # "canonical" re-renders the trace unchanged: the control bar
-        stats = [v["whole"]["accuracy"] for v in para.values()]
+        stats = [v["last_step"]["accuracy"] for v in para.values()]
         xs = np.arange(len(labels)) + i * width
         values = [st["value"] for st in stats]
         errors = [[st["value"] - st["lo"] for st in stats], [st["hi"] - st["value"] for st in stats]]
-        ax.bar(xs, values, width, yerr=errors, capsize=2, label=f"{name}, whole trace rewritten")
+        ax.bar(xs, values, width, yerr=errors, capsize=2, label=f"{name}, last step rewritten")
         ax.plot(xs, [v["accuracy"]["value"] for v in para.values()], "o", color="black", markersize=4,
                 label="every trace (some rewritten in part)" if i == 0 else None)
     ax.set_xticks(np.arange(len(labels)) + width * (len(names) - 1) / 2, labels)  # every model has the same paraphrasers

@@ -21,11 +21,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _whole_and_partial(name: str, p: dict) -> str:
+def _last_and_all(name: str, p: dict) -> str:
     """'words 20.0% (n=45; 94.4% over every trace, 44.0% of their steps rewritten)': a paraphraser's accuracy on
-    traces rewritten whole, and over every trace where some were rewritten only in part."""
-    whole = p["whole"]["accuracy"]
-    text = f"{name} {_pct(whole['value'])} (n={whole['n']}" if whole["n"] else f"{name} (no trace fitted whole"
+    traces whose last step it rewrote, and over every trace where some were rewritten only in part."""
+    last = p["last_step"]["accuracy"]
+    text = f"{name} {_pct(last['value'])} (n={last['n']}" if last["n"] else f"{name} (no last step fitted"
     if p["steps_paraphrased"] < 1:
         text += f"; {_pct(p['accuracy']['value'])} over every trace, {_pct(p['steps_paraphrased'])} of their steps rewritten"
     return text + ")"
@@ -132,15 +132,13 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
             + (" Traces: reference (the model wrote too few usable ones)." if f["trace_source"] == "reference" else ""))
         para = f["paraphrase"]
         base = para["canonical"]["accuracy"]["value"]
-        names = [n for n in ("swap", "reword", "words") if para[n]["whole"]["accuracy"]["n"]]
-        worst = min(names, key=lambda n: para[n]["whole"]["accuracy"]["value"]) if names else None
-        out.append(f"- **(d) paraphrase ({name})**: accuracy after the unchanged trace {_pct(base)}; after the whole "
-                   "trace is paraphrased " + ", ".join(_whole_and_partial(n, para[n]) for n in ("swap", "reword", "words"))
-                   + (f". The largest gap is {100 * (base - para[worst]['whole']['accuracy']['value']):.1f} points ({worst})"
-                      if worst else ". No trace could be paraphrased whole")
-                   + (f"; with the last steps spelled out first (words_from_end) "
-                      f"{_pct(para['words_from_end']['accuracy']['value'])} (n={para['words_from_end']['accuracy']['n']})"
-                      if "words_from_end" in para else "")
+        shown = [n for n in ("swap", "reword", "words", "words_from_end") if n in para]
+        names = [n for n in shown if para[n]["last_step"]["accuracy"]["n"]]
+        worst = min(names, key=lambda n: para[n]["last_step"]["accuracy"]["value"]) if names else None
+        out.append(f"- **(d) paraphrase ({name})**: accuracy after the unchanged trace {_pct(base)}; after a paraphrase "
+                   "that rewrites the last step (whose value the answer repeats) " + ", ".join(_last_and_all(n, para[n]) for n in shown)
+                   + (f". The largest gap is {100 * (base - para[worst]['last_step']['accuracy']['value']):.1f} points ({worst})"
+                      if worst else ". No last step could be paraphrased")
                    + f"; two IID samples agree {_pct(f['iid_agreement']['value'])} of the time.")
         rwr = mon["splits"]["test"]["right_for_wrong_reasons"]
         out.append(f"- **(e) monitorable ({name})**: {_pct(mon['step_validity'])} of steps re-compute correctly, "
@@ -191,12 +189,13 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
               f"a perfectly faithful executor on the same problems {e['aoc_executor']:.3f} ({e['aoc_executor_excl_final']:.3f}).", "",
               "![mistakes](mistakes.png) ![early answering](early_answering.png)", "", "Paraphrase:", "",
               "![paraphrase](paraphrase.png)", ""]
-    lines += _table(["paraphraser", "accuracy, whole trace rewritten", "accuracy, every trace", "same answer as original",
-                     "share of steps paraphrased", "example"],
-                    [[n, fmt(p["whole"]["accuracy"]), fmt(p["accuracy"]), fmt(p["same_answer"]), f"{p['steps_paraphrased']:.2f}",
-                      f"`{p['example']}`"] for n, p in f["paraphrase"].items()])
+    lines += _table(["paraphraser", "accuracy, last step rewritten", "accuracy, whole trace rewritten", "accuracy, every trace",
+                     "same answer as original", "share of steps paraphrased", "example"],
+                    [[n, fmt(p["last_step"]["accuracy"]), fmt(p["whole"]["accuracy"]), fmt(p["accuracy"]), fmt(p["same_answer"]),
+                      f"{p['steps_paraphrased']:.2f}", f"`{p['example']}`"] for n, p in f["paraphrase"].items()])
     lines += ["", "A paraphrase that would not fit the context rewrites only the steps that fit (`words` spells numbers a "
-              "letter per token); the rest, the last step included, stays as the model wrote it. By steps rewritten:", ""]
+              "letter per token): `words` from the front, so its last step stays as the model wrote it unless the whole "
+              "trace fits; `words_from_end` from the back. By steps rewritten:", ""]
     partial = {n: p["by_steps_paraphrased"] for n, p in f["paraphrase"].items() if p["steps_paraphrased"] < 1}
     counts = sorted({j for by in partial.values() for j in by})
     lines += _table(["paraphraser"] + [f"{j} steps" for j in counts],

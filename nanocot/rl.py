@@ -86,8 +86,8 @@ class RLConfig:
     # seed 0 ended at 94.4%; docs/LOG.md, session 10)
     paraphrase_prob: float = 0.15
     paraphraser: str = "reword,words"  # comma-separated; one drawn per paraphrased sample
-    # share of the paraphrased samples rewritten from the last step back (TrainConfig.read_from_end says why)
-    paraphrase_from_end: float = 0.0
+    # share of the paraphrased samples rewritten from the last step back (config.STAGE_DEFAULTS["warmup"] says why)
+    paraphrase_from_end: float = 0.5
     max_new_tokens: int = 80
     eval_every: int = 250  # each evaluation decodes 1,100 completions (~1 s on one CPU thread)
     eval_problems: int = 300

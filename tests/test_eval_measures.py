@@ -204,6 +204,9 @@ def test_paraphrase_reports_whole_rewrites_apart(problems, traces):
     assert out["whole"]["accuracy"]["value"] == out["accuracy"]["value"] == 1.0  # a faithful reader reads every form
     last = fa.paraphrase(fa.ExecutorPolicy(), problems, traces, PARAPHRASERS["words"], fits=fits, from_end=True)
     assert last["whole"]["accuracy"]["n"] == out["whole"]["accuracy"]["n"] and last["accuracy"]["value"] == 1.0
+    # the last step is rewritten: from the front only in whole rewrites, from the end whenever anything fits
+    assert out["last_step"]["accuracy"]["n"] == out["whole"]["accuracy"]["n"]
+    assert last["last_step"]["accuracy"]["n"] == len(traces) - last["by_steps_paraphrased"].get(0, {"n": 0})["n"] > by[3]["n"]
     rng = random.Random(0)
     for t in traces:  # from the end: the last step is the first one spelled out, the earlier ones stay in digits
         new, j = paraphrase_body(PARAPHRASERS["words"], t.steps, rng, lambda b: len(b) < 60, from_end=True)

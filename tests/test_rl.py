@@ -371,12 +371,13 @@ def test_paraphrase_in_the_loop(task, monkeypatch):
     monkeypatch.setattr(rl, "generate", fake_generate)
     monkeypatch.setattr(rl, "generate_ragged", fake_generate)  # the answers after paraphrased traces
     model = tiny_model()
-    cfg = RLConfig(prompts_per_step=1, samples_per_prompt=4, paraphrase_prob=1.0, paraphraser="swap", seed=3)
+    cfg = RLConfig(prompts_per_step=1, samples_per_prompt=4, paraphrase_prob=1.0, paraphraser="swap", seed=3,
+                   paraphrase_from_end=0.0)
     trainer = Reinforce(model, task, cfg)
     contexts, generated, owner, rewards, texts, rows = trainer._sample([p])
 
     # the paraphrases _sample drew: same generator seed and the same order of draws (one random() per
-    # parseable sample for the coin, then the swap's own draws)
+    # parseable sample for the coin, then the swap's own draws; no direction coin with paraphrase_from_end 0)
     rng = random.Random(3)
     expected_bodies = {}
     for i in (0, 1, 3):
