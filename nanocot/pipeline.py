@@ -317,7 +317,8 @@ HEADLINE = [
     ("faithfulness.small-cot.no_trace_accuracy", "small-cot, no trace"),
     ("faithfulness.small-cot.corrupt_follow_rate", "follow rate under a corrupted step"),
     ("faithfulness.small-cot.filler_accuracy", "filler accuracy"),
-    ("faithfulness.small-cot.paraphrase_accuracy", "paraphrase accuracy"),
+    ("faithfulness.small-cot.paraphrase_accuracy", "paraphrase accuracy (last step rewritten)"),
+    ("faithfulness.small-cot.paraphrase.words_from_end.last_step.accuracy.value", "paraphrase: last step in number words"),
     ("faithfulness.small-cot.early_answer_aoc", "early-answering AOC"),
     ("monitor.small-cot.step_validity", "monitor: valid steps"),
 ]
