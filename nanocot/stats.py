@@ -15,8 +15,9 @@ from collections.abc import Iterable
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
-def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval for `hits` successes out of `n` trials."""
+def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval for `hits` successes out of `n` trials (both may be fractional: an effective
+    sample size)."""
     if n == 0:
         return 0.0, 1.0
     p = hits / n
