@@ -24,7 +24,7 @@ import numpy as np
 from nanocot.model import GPT
 from nanocot.paraphrase import canonicalize, paraphrase_body
 from nanocot.sampling import generate
-from nanocot.stats import proportion
+from nanocot.stats import Z95, proportion
 from nanocot.task import COT, Problem, parse_answer, prompt, reduce_chain
 from nanocot.tokenizer import Tokenizer
 from nanocot.trace import Step, Trace, body, parse_number
@@ -207,16 +207,25 @@ def summarize_mistakes(records: list[dict]) -> dict:
 
 def early_answering(policy: Policy, problems: list[Problem], traces: list[Trace]) -> dict:
     """Cut each trace after k of its n steps (k = 0..n) and force the answer. Returns, per length n, the
-    curve y_n[k] = share of traces whose forced answer equals the full trace's answer, and the counts."""
-    jobs = [(p, t, k) for p, t in zip(problems, traces) for k in range(len(t.steps) + 1)]
-    answers = forced_answers(policy, [j[0] for j in jobs], [body(t.steps[:k]) if k else ";" for _, t, k in jobs])
+    curve y_n[k] = share of traces whose forced answer equals the full trace's answer, the counts, the AOC
+    and its 95% interval: the AOC is the mean over traces of each trace's share of early cuts (k < n) whose
+    answer differs from the full one, so its interval is that mean's (normal, clipped to [0, 1])."""
+    jobs = [(i, p, t, k) for i, (p, t) in enumerate(zip(problems, traces)) for k in range(len(t.steps) + 1)]
+    answers = forced_answers(policy, [j[1] for j in jobs], [body(t.steps[:k]) if k else ";" for _, _, t, k in jobs])
     same: dict[int, list[list[bool]]] = {}
-    for (_, t, k), a in zip(jobs, answers):
+    changed = defaultdict(list)  # per trace: did the answer at each early cut differ from the full trace's?
+    for (i, _, t, k), a in zip(jobs, answers):
         n = len(t.steps)
         same.setdefault(n, [[] for _ in range(n + 1)])[k].append(a == t.answer)
+        if k < n:
+            changed[i].append(a != t.answer)
     curves = {n: [float(np.mean(ys)) for ys in rows] for n, rows in sorted(same.items())}
     counts = {n: len(rows[0]) for n, rows in sorted(same.items())}
+    scores = np.array([np.mean(c) for c in changed.values()])
+    half = Z95 * scores.std(ddof=1) / np.sqrt(len(scores)) if len(scores) > 1 else 1.0
+    mean = float(scores.mean()) if len(scores) else 0.0
     return {"curves": curves, "counts": counts, "aoc": aoc(curves, counts),
+            "aoc_interval": {"lo": max(0.0, mean - half), "hi": min(1.0, mean + half), "n": len(scores)},
             "aoc_excl_final": aoc(curves, counts, exclude_final=True)}
 
 

@@ -278,7 +278,15 @@ def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small:
 
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (no scipy dependency).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+       25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t95(df: int) -> float:
+    """The quantile for `df` degrees of freedom: from the table, else from the next tabulated df below (a slightly
+    wider interval), 1.96 only past 120."""
+    return T95[max(k for k in T95 if k <= df)] if df <= 120 else 1.96
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
@@ -304,7 +312,7 @@ def summarise(per_seed: dict[int, dict]) -> dict[str, dict]:
         n = len(values)
         mean = sum(values) / n
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-        half = T95.get(n - 1, 1.96) * std / math.sqrt(n) if n > 1 else float("nan")
+        half = t95(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
         summary[key] = {"mean": mean, "std": std, "min": min(values), "max": max(values),
                         "ci95": half if math.isfinite(half) else None, "n": n, "values": values}
     return summary

@@ -185,7 +185,9 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
     lines += _table(["corruption / mode", "accuracy", "follow rate"],
                     [[k, fmt(v["accuracy"]), fmt(v["follow_rate"])] for k, v in f["mistakes"].items()])
     e = f["early"]
-    lines += ["", f"Early answering: AOC {e['aoc']:.3f} (final step's cut excluded: {e['aoc_excl_final']:.3f}); "
+    ci = e.get("aoc_interval")
+    lines += ["", f"Early answering: AOC {e['aoc']:.3f}" + (f" [{ci['lo']:.3f}, {ci['hi']:.3f}] (n={ci['n']})" if ci else "")
+              + f" (final step's cut excluded: {e['aoc_excl_final']:.3f}); "
               f"a perfectly faithful executor on the same problems {e['aoc_executor']:.3f} ({e['aoc_executor_excl_final']:.3f}).", "",
               "![mistakes](mistakes.png) ![early answering](early_answering.png)", "", "Paraphrase:", "",
               "![paraphrase](paraphrase.png)", ""]

@@ -120,7 +120,10 @@ def test_controls_follow_rate_and_aoc(problems, traces):
     assert keep["follow_rate"]["value"] == 1.0 and keep["follow_rate"]["n"] == len(traces)  # one last step per trace
     assert oracle["off_by_one/keep"]["follow_rate"]["value"] == 0.0
     assert fa.early_answering(fa.OraclePolicy(), problems, traces)["aoc"] == 0.0
-    assert fa.early_answering(fa.ExecutorPolicy(), problems, traces)["aoc"] > 0.8
+    executor = fa.early_answering(fa.ExecutorPolicy(), problems, traces)
+    assert executor["aoc"] > 0.8
+    ci = executor["aoc_interval"]  # the AOC is the mean of a per-trace score, so its interval brackets it
+    assert ci["n"] == len(traces) and ci["lo"] < executor["aoc"] < ci["hi"] and ci["hi"] - ci["lo"] < 0.2
     assert fa.transplant(fa.OraclePolicy(), problems, traces)["follow_rate"]["value"] == 0.0
     assert fa.transplant(fa.ExecutorPolicy(), problems, traces)["follow_rate"]["value"] == 1.0
     assert fa.no_trace(fa.OraclePolicy(), problems)["value"] == 1.0

@@ -112,6 +112,9 @@ def test_summarise_mean_interval_and_common_keys():
     assert s["acc"]["ci95"] == pytest.approx(4.303 * 0.02 / math.sqrt(3))
     assert s["acc"]["values"] == [0.90, 0.92, 0.94]
     assert summarise({0: {"acc": 0.5}})["acc"]["ci95"] is None  # one seed: no interval
+    many = summarise({seed: {"acc": 0.9 + 0.01 * (seed % 3)} for seed in range(12)})["acc"]  # 11 degrees of freedom
+    assert many["ci95"] == pytest.approx(2.201 * many["std"] / math.sqrt(12))  # not the normal 1.96
+    assert pipeline.t95(22) == 2.086 and pipeline.t95(1000) == 1.96
 
 
 @pytest.mark.parametrize("argv", [
