@@ -20,7 +20,7 @@ import torch
 from nanocot.faithfulness import ModelPolicy
 from nanocot.metrics import completions, direct_predictions
 from nanocot.model import GPT
-from nanocot.stats import proportion
+from nanocot.stats import proportion, wilson
 from nanocot.task import DIRECT, Problem, parse_answer, prompt, reference_trace
 from nanocot.tokenizer import Tokenizer
 from nanocot.trace import parse_number
@@ -92,13 +92,15 @@ def ridge_accuracy(x: torch.Tensor, labels: torch.Tensor, train: int, lam: float
 
 
 def linear_probes(model: GPT, tok: Tokenizer, problems: list[Problem], mode: str = DIRECT) -> dict:
-    """Probe accuracy per layer (0 = embeddings) for sum(x) and sum(x) mod m at the answer position."""
+    """Probe accuracy per layer (0 = embeddings) for sum(x) and sum(x) mod m at the answer position, with each
+    accuracy's 95% Wilson interval over the scored problems (`<name>_intervals`)."""
     states = last_position_states(model, tok, [prompt(p, mode) for p in problems])
     train = 2 * len(problems) // 3
     out = {"layers": list(range(len(states))), "n_train": train, "n_test": len(problems) - train}
     for name, values in (("sum", [sum(p.operands) for p in problems]), ("mod", [p.answer for p in problems])):
         labels = torch.tensor(values)
         out[name] = [ridge_accuracy(s, labels, train) for s in states]
+        out[f"{name}_intervals"] = [list(wilson(a * out["n_test"], out["n_test"])) for a in out[name]]
         test = labels[train:]
         out[f"{name}_chance"] = float((test == test.mode().values).double().mean()) if len(test) else 0.0
     return out

@@ -223,13 +223,20 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
     return lines
 
 
+def _per_layer(probes: dict, key: str) -> str:
+    """'0.052 [0.040, 0.067], 0.981 [...]': a probe's accuracy per layer with its interval (a metrics.json written
+    before intervals were recorded has none)."""
+    intervals = probes.get(f"{key}_intervals") or [None] * len(probes[key])
+    return ", ".join(f"{x:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") for x, ci in zip(probes[key], intervals))
+
+
 def _black_box_section(metrics: dict) -> list[str]:
     lines = ["## 5. The black box", ""]
     for name, b in metrics["black_box"].items():
         p = b["probes"]
-        lines += [f"**{name}**: linear probes at the answer position ({p['n_train']} fit / {p['n_test']} scored), accuracy per layer: "
-                  f"sum {[round(x, 3) for x in p['sum']]} (chance {p['sum_chance']:.3f}), "
-                  f"sum mod m {[round(x, 3) for x in p['mod']]} (chance {p['mod_chance']:.3f}).", ""]
+        lines += [f"**{name}**: linear probes at the answer position ({p['n_train']} fit / {p['n_test']} scored), accuracy per layer "
+                  f"with 95% intervals: sum {_per_layer(p, 'sum')} (chance {p['sum_chance']:.3f}), "
+                  f"sum mod m {_per_layer(p, 'mod')} (chance {p['mod_chance']:.3f}).", ""]
         if "by_distance" in b:
             lines += _table(["distance outside training range", "accuracy"], [[k, fmt(v)] for k, v in b["by_distance"].items()])
             lines += ["", f"Periodicity f(x1+m, ...) = f(x1, ...): {fmt(b['periodicity'])}; commutativity: {fmt(b['commutativity'])}; "

@@ -245,3 +245,22 @@ def test_clustered_proportion_widens_by_the_design_effect():
     independent = proportion([rng.random() < 0.8 for _ in range(2400)], clusters=labels)
     assert 1.0 <= independent["design_effect"] < 1.3
     assert proportion([True] * 16, clusters=[0] * 8 + [1] * 8)["design_effect"] == 1.0  # p = 1: nothing to widen
+
+
+def test_ridge_probe_reads_what_is_there_and_reports_intervals(tok, problems):
+    """A ridge probe recovers labels that are linearly present in the features and not ones that are absent; the
+    per-layer probes of a model come with a Wilson interval around each accuracy."""
+    import torch
+
+    from nanocot.probes import linear_probes, ridge_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (600,), generator=gen)
+    present = torch.nn.functional.one_hot(labels, 5).float() + 0.1 * torch.randn(600, 5, generator=gen)
+    absent = torch.randn(600, 5, generator=gen)
+    assert ridge_accuracy(present, labels, train=400) == 1.0
+    assert ridge_accuracy(absent, labels, train=400) < 0.4  # chance is 0.2
+    out = linear_probes(make_model(len(tok)), tok, problems[:60])
+    for key in ("sum", "mod"):
+        assert len(out[key]) == len(out[f"{key}_intervals"]) == len(out["layers"])
+        assert all(lo <= a <= hi for a, (lo, hi) in zip(out[key], out[f"{key}_intervals"]))
