@@ -102,16 +102,17 @@ def main(argv=None) -> None:
         raise UsageError(f"--corpus-lines must be >= 100 (enough text for pretraining windows), got {args.corpus_lines}")
     if args.num_examples < 0:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
-    for flag, given in (("--stop-accuracy", args.stop_accuracy), ("--stop-nearest", args.stop_nearest)):
-        if given and args.stage == "pretrain":
-            raise UsageError(f"{flag} applies to the direct and warmup stages (pretraining has no held-out accuracy)")
-    # flags one stage reads: refused at another rather than silently ignored
-    for flag, given, where in (("--paraphrase-fraction", bool(args.paraphrase_fraction), ("warmup",)),
-                               ("--read-paraphrasers", args.read_paraphrasers is not None, ("warmup",)),
-                               ("--read-from-end", args.read_from_end is not None, ("warmup",)),
-                               ("--num-examples", args.num_examples > 0, ("warmup", "direct"))):
+    # flags some stages read: refused at another rather than silently ignored
+    no_accuracy = "pretraining has no held-out accuracy"
+    for flag, given, where, why in (("--stop-accuracy", args.stop_accuracy, ("direct", "warmup"), no_accuracy),
+                                    ("--stop-nearest", args.stop_nearest, ("direct", "warmup"), no_accuracy),
+                                    ("--paraphrase-fraction", bool(args.paraphrase_fraction), ("warmup",), ""),
+                                    ("--read-paraphrasers", args.read_paraphrasers is not None, ("warmup",), ""),
+                                    ("--read-from-end", args.read_from_end is not None, ("warmup",), ""),
+                                    ("--num-examples", args.num_examples > 0, ("warmup", "direct"), "")):
         if given and args.stage not in where:
-            raise UsageError(f"{flag} applies to the {' and '.join(where)} stage{'s' * (len(where) > 1)} only, not {args.stage}")
+            raise UsageError(f"{flag} applies to the {' and '.join(where)} stage{'s' * (len(where) > 1)} only, not "
+                             f"{args.stage}" + (f" ({why})" if why else ""))
     # --easier-fraction sets the task's mix at pretraining (later stages inherit it) and a warmup/direct stage's own otherwise
     given = args.easier_fraction is not None
     task_mix = args.easier_fraction if given and args.stage == "pretrain" else TaskConfig().easier_fraction

@@ -79,14 +79,21 @@ def stages(small: str, large: str, quick: bool) -> list[Stage]:
     return [stage for i, stage in enumerate(todo) if stage.output not in {s.output for s in todo[:i]}]
 
 
+def _readable(path: Path) -> dict | None:
+    """The checkpoint at `path`, or None if there is none or it cannot be read (the stage then writes it again)."""
+    if not path.exists():
+        return None
+    try:
+        return checkpoint.load(path)
+    except checkpoint.CheckpointError:
+        return None
+
+
 def checkpoint_state(path: Path) -> str:
     """'missing', 'partial' (an interrupted run that can be resumed) or 'done'."""
-    if not path.exists():
+    payload = _readable(path)
+    if payload is None:
         return "missing"
-    try:
-        payload = checkpoint.load(path)
-    except checkpoint.CheckpointError:
-        return "missing"  # unreadable: the stage writes it again
     return "partial" if ("train_state" in payload or "rl_state" in payload) else "done"
 
 
@@ -103,9 +110,10 @@ def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
     budget. The pipeline checks the seed and the budget, the two things its own runs differ in."""
     for stage in stage_list:
         path = ckpt_dir / stage.output
-        if checkpoint_state(path) == "missing":
+        payload = _readable(path)  # read once: finished or resumable, both would be reused
+        if payload is None:
             continue
-        got = made_with(checkpoint.load(path))
+        got = made_with(payload)
         want = (seed, stage.steps or got[1])
         if got != want:
             raise UsageError(f"{path} was made with seed {got[0]} and {got[1]} steps, this run asks for seed {want[0]} "

@@ -401,28 +401,37 @@ def test_paraphrase_in_the_loop(task, monkeypatch):
     assert generated[4:] == [TOK.encode(a) for a in resampled]
 
 
-def test_paraphrase_in_the_loop_rewrites_the_longest_prefix_that_fits(task, monkeypatch):
-    """`words` spells numbers a letter per token: a whole 4-step trace rarely fits the context, so (as the
-    warm-up and the evaluation do) its longest fitting prefix of steps is spelled out and the rest stays as
-    written; one paraphraser of the list is drawn per sample."""
-    p = Problem((13, 18, 14, 4), 21)
-    body = reference_trace(p).split(";")[0] + ";"
+LONG_PROBLEM = Problem((13, 18, 14, 4), 21)  # its whole trace in number words does not fit the context
+LONG_BODY = reference_trace(LONG_PROBLEM).split(";")[0] + ";"
+
+
+def _paraphrased_contexts(task, monkeypatch, **config) -> tuple[list[str], int]:
+    """Every sample of one step on LONG_PROBLEM writes its reference trace; returns the paraphrased traces the
+    answers were re-sampled after (as text, prompt removed) and the prompt's length in tokens."""
     calls = []
 
     def fake_generate(model, prompts, max_new_tokens, *args, **kwargs):
         calls.append(prompts)
-        return _samples([body + "7\n"] * len(prompts) if len(calls) == 1 else ["7\n"] * len(prompts), max_new_tokens)
+        return _samples([LONG_BODY + "7\n"] * len(prompts) if len(calls) == 1 else ["7\n"] * len(prompts), max_new_tokens)
 
     monkeypatch.setattr(rl, "generate", fake_generate)
     monkeypatch.setattr(rl, "generate_ragged", fake_generate)
-    trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, samples_per_prompt=6, paraphrase_prob=1.0,
-                                                     paraphraser="words,reword", seed=0))
-    prompt_ids, block = TOK.encode(prompt(p, COT)), trainer.model.config.block_size
-    assert len(prompt_ids) + len(TOK.encode(to_words(body, random.Random(0)))) > block, "whole trace must not fit"
-    trainer._sample([p])
-    contexts = [TOK.decode(c[len(prompt_ids):]) for c in calls[1]]
+    trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, paraphrase_prob=1.0, seed=0, **config))
+    n_prompt = len(TOK.encode(prompt(LONG_PROBLEM, COT)))
+    trainer._sample([LONG_PROBLEM])
+    return [TOK.decode(c[n_prompt:]) for c in calls[1]], n_prompt
+
+
+def test_paraphrase_in_the_loop_rewrites_the_longest_prefix_that_fits(task, monkeypatch):
+    """`words` spells numbers a letter per token: a whole 4-step trace rarely fits the context, so (as the
+    warm-up and the evaluation do) its longest fitting prefix of steps is spelled out and the rest stays as
+    written; one paraphraser of the list is drawn per sample."""
+    body, block = LONG_BODY, tiny_model().config.block_size
+    contexts, n_prompt = _paraphrased_contexts(task, monkeypatch, samples_per_prompt=6, paraphraser="words,reword",
+                                               paraphrase_from_end=0.0)
+    assert n_prompt + len(TOK.encode(to_words(body, random.Random(0)))) > block, "whole trace must not fit"
     assert len(contexts) == 6
-    assert all(len(prompt_ids) + len(TOK.encode(c)) <= block - 2 for c in contexts)
+    assert all(n_prompt + len(TOK.encode(c)) <= block - 2 for c in contexts)
     spelled = [c for c in contexts if "eighteen" in c]
     reworded = [c for c in contexts if c not in spelled and c != body and any(w in c for w in (" plus ", " + ", " then "))]
     assert spelled and reworded and len(spelled) + len(reworded) == 6, contexts
@@ -432,21 +441,8 @@ def test_paraphrase_in_the_loop_rewrites_the_longest_prefix_that_fits(task, monk
 def test_paraphrase_from_end_spells_the_last_step_first(task, monkeypatch):
     """With `paraphrase_from_end` 1 the longest fitting *suffix* is spelled out: the last step, whose value the
     answer repeats, is in words and the first steps stay as written (from the front it is the other way round)."""
-    p = Problem((13, 18, 14, 4), 21)
-    body = reference_trace(p).split(";")[0] + ";"
-    calls = []
-
-    def fake_generate(model, prompts, max_new_tokens, *args, **kwargs):
-        calls.append(prompts)
-        return _samples([body + "7\n"] * len(prompts) if len(calls) == 1 else ["7\n"] * len(prompts), max_new_tokens)
-
-    monkeypatch.setattr(rl, "generate", fake_generate)
-    monkeypatch.setattr(rl, "generate_ragged", fake_generate)
-    trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, samples_per_prompt=4, paraphrase_prob=1.0,
-                                                     paraphraser="words", paraphrase_from_end=1.0, seed=0))
-    prompt_ids = TOK.encode(prompt(p, COT))
-    trainer._sample([p])
-    contexts = [TOK.decode(c[len(prompt_ids):]) for c in calls[1]]
+    body = LONG_BODY
+    contexts, _ = _paraphrased_contexts(task, monkeypatch, samples_per_prompt=4, paraphraser="words", paraphrase_from_end=1.0)
     first_step = body.split(",")[0]
     assert len(contexts) == 4 and all(c.startswith(first_step + ",") and c.endswith(" is seven;") for c in contexts), contexts
     assert all(canonicalize(c) == body for c in contexts)
