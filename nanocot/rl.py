@@ -45,8 +45,9 @@ from nanocot.train import SELECTIVE_UNEMBED_DEVICES, fused_adam, lr_at, stop_req
 @dataclass(frozen=True)
 class RLConfig:
     """Defaults measured in docs/LOG.md (sessions 3, 9 and 10): from the warm-up stopped at 70% (73-80% held-out),
-    2,000 steps take the one-head small model to 97.3-98.9%, within 3 points of the large one on three seeds, in
-    195-224 s here (session 10; session 9's 2,500 steps: 98.1-99.2% in 244-292 s). Where the recipe of session 3
+    2,000 steps take the one-head small model to 97.6-99.1%, within 3 points of the large one on three seeds, in
+    218-229 s here (session 12; session 10, before paraphrases from the end: 97.3-98.9% in 195-224 s; session 9's
+    2,500 steps: 98.1-99.2% in 244-292 s). Where the recipe of session 3
     (lr 1e-4, T 0.5, constant, 600 steps) got seed 0 from 66% to 88% in 1,500 steps, this one gets it to 94%; the
     rest of the gap was the warm-up's stopping point (session 9)."""
 
@@ -83,7 +84,8 @@ class RLConfig:
     # traces (seed 0: reword 98.6 -> 46.5%, number words 97.2 -> 45.9%; session 9). At 2,000 steps with a tenth of
     # the answers re-sampled after a reworded or spelled-out trace, seed 1 read them at 94.8 / 95.7% (mean gap with
     # swap 3.2 points); 0.15 kept the gap at or under 1.9 on six seeds for 4-5% more time per run (0.2: 10% more, and
-    # seed 0 ended at 94.4%; docs/LOG.md, session 10)
+    # seed 0 ended at 94.4%; docs/LOG.md, session 10). Those number-word rates were measured with the last step left
+    # in digits; spelled out, it was read 3-25% of the time (session 12; paraphrase_from_end below)
     paraphrase_prob: float = 0.15
     paraphraser: str = "reword,words"  # comma-separated; one drawn per paraphrased sample
     # share of the paraphrased samples rewritten from the last step back (config.STAGE_DEFAULTS["warmup"] says why)
