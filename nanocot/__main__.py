@@ -14,7 +14,16 @@ import json
 import sys
 import time
 
-from nanocot.cli import Parser, UsageError, add_graph_flag, first_paragraph, pick_device, run_cli, seed_list, writable_dir
+from nanocot.cli import (
+    Parser,
+    UsageError,
+    add_graph_flag,
+    first_paragraph,
+    pick_device,
+    run_cli,
+    seed_list,
+    writable_dir,
+)
 from nanocot.config import SIZES
 from nanocot.pipeline import StageFailed, banner, run_seed, seeds_report, summarise
 
@@ -22,19 +31,24 @@ from nanocot.pipeline import StageFailed, banner, run_seed, seeds_report, summar
 def parse_args(argv=None):
     p = Parser(prog="python -m nanocot", description=first_paragraph(__doc__))
     p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints (default: out)")
-    p.add_argument("--out", default="out/eval", help="folder for the report, plots and metrics.json (default: out/eval)")
-    p.add_argument("--seeds", type=seed_list, default="0", help="comma-separated seeds; several run the experiment once per seed "
-                   "into DIR/seed-S and summarise (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's choice (default: 0)")
+    p.add_argument("--out", default="out/eval", help="folder for the report, plots and metrics.json "
+                   "(default: out/eval)")
+    p.add_argument("--seeds", type=seed_list, default="0", help="comma-separated seeds; several run the "
+                   "experiment once per seed into DIR/seed-S and summarise (default: 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps "
+                   "(default: auto)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's choice "
+                   "(default: 0)")
     p.add_argument("--small", choices=SIZES, default="small", help="preset of the small model (default: small)")
     p.add_argument("--large", choices=SIZES, default="large", help="preset of the large model (default: large)")
-    p.add_argument("--jobs", type=int, default=0, help="stages run side by side, each with its share of the CPU "
-                   "threads and its output in DIR/logs/; 1 = one stage at a time, output on the terminal; 0 = 2 on a "
-                   "CPU (the large and the small model's chains), 3 on CUDA (default: 0)")
+    p.add_argument("--jobs", type=int, default=0, help="stages run side by side, each with its share of the "
+                   "CPU threads and its output in DIR/logs/; 1 = one stage at a time, output on the "
+                   "terminal; 0 = 2 on a CPU (the large and the small model's chains), 3 on CUDA "
+                   "(default: 0)")
     add_graph_flag(p)
     p.add_argument("--force", action="store_true", help="redo every stage even if its checkpoint exists")
-    p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, numbers mean nothing")
+    p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, numbers "
+                   "mean nothing")
     return p.parse_args(argv)
 
 
@@ -48,7 +62,7 @@ def main(argv=None) -> None:
     jobs = args.jobs or (3 if pick_device(args.device).type == "cuda" else 2)
     ckpt_root, out_root = writable_dir(args.ckpt_dir), writable_dir(args.out)
     common = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else []) + \
-        (["--no-cuda-graphs"] if args.no_cuda_graphs else [])
+        (["--no-cuda-graphs"] if args.no_cuda_graphs else []) + (["--plain"] if args.plain else [])
     start, per_seed, timings = time.perf_counter(), {}, {}
     many = len(seeds) > 1
     for seed in seeds:
@@ -82,5 +96,5 @@ def main_reporting_failures(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main_reporting_failures, interrupted="python -m nanocot: interrupted; run the same command again to "
-            "continue (finished stages are skipped, the interrupted one resumes)")
+    run_cli(main_reporting_failures, interrupted="python -m nanocot: interrupted; run the same command again "
+            "to continue (finished stages are skipped, the interrupted one resumes)")

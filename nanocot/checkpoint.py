@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 
+from nanocot.config import ModelConfig, from_dict
+from nanocot.model import GPT
+
 FORMAT = "nanocot-1"
 
 
@@ -32,7 +35,8 @@ def save(path: str | Path, payload: dict) -> None:
     try:
         _write(path, payload)
     except OSError as e:
-        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one (if any) is intact") from None
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one (if any) "
+                              "is intact") from None
 
 
 def _write(path: Path, payload: dict) -> None:
@@ -101,8 +105,8 @@ def load(path: str | Path, expect: dict | None = None, finished: bool = False) -
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() and "unsupported" in str(e).lower():
-            raise CheckpointError(f"checkpoint {path} holds pickled objects other than tensors and plain data "
-                                  "(possibly code); refusing to load it") from None
+            raise CheckpointError(f"checkpoint {path} holds pickled objects other than tensors and plain "
+                                  "data (possibly code); refusing to load it") from None
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt") from None
     except Exception as e:  # torch's legacy loader raises KeyError, struct.error, ... on junk bytes
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__})") from None
@@ -114,3 +118,10 @@ def load(path: str | Path, expect: dict | None = None, finished: bool = False) -
     if finished and unfinished(payload):
         raise CheckpointError(f"checkpoint {path} is {unfinished(payload)}; finish it before using it")
     return payload
+
+
+def build_model(payload: dict, device) -> GPT:
+    """Rebuild a model from a checkpoint payload."""
+    model = GPT(from_dict(ModelConfig, payload["model_config"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from nanocot import checkpoint, cuda_graphs
-from nanocot.checkpoint import CheckpointError
+from nanocot import checkpoint, fast
+from nanocot.fast import cuda_graphs
 from nanocot.paraphrase import PARAPHRASERS
 
 
@@ -86,7 +86,8 @@ def paraphraser_names(text: str) -> str:
     """A comma-separated list of paraphrasers from nanocot/paraphrase.py, e.g. 'reword,words'."""
     unknown = [n for n in text.split(",") if n not in PARAPHRASERS]
     if unknown:  # "" splits to [""], so an empty list lands here too
-        raise argparse.ArgumentTypeError(f"unknown paraphraser(s) {unknown}; choose from {', '.join(PARAPHRASERS)}")
+        raise argparse.ArgumentTypeError(f"unknown paraphraser(s) {unknown}; choose from "
+                                         f"{', '.join(PARAPHRASERS)}")
     return text
 
 
@@ -95,7 +96,8 @@ def seed_list(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+        raise argparse.ArgumentTypeError("expected comma-separated integers, e.g. 0,1,2; got "
+                                         f"{text!r}") from None
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct non-negative integers, e.g. 0,1,2; got {text!r}")
     return seeds
@@ -108,23 +110,28 @@ def seed_int(text: str) -> int:
 def add_run_flags(p: argparse.ArgumentParser, seed_help: str) -> None:
     """The flags every training script shares: seed, device, threads, checkpoint folder."""
     p.add_argument("--seed", type=seed_int, default=0, help=f"{seed_help} (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps "
+                   "(default: auto)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints and plots (default: out)")
     add_graph_flag(p)
 
 
 def add_graph_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch every kernel from Python instead "
-                   "of replaying recorded training and sampling steps (nanocot/cuda_graphs.py); slower, for comparison")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch every kernel from Python "
+                   "instead of replaying recorded training and sampling steps (nanocot/fast/cuda_graphs.py); "
+                   "slower, for comparison")
+    p.add_argument("--plain", action="store_true", help="run the plain core everywhere, every fast path off "
+                   "(nanocot/fast/): the same computations, slower; samples are drawn differently")
 
 
 def apply_graph_flag(args: argparse.Namespace) -> None:
     cuda_graphs.ENABLED = not args.no_cuda_graphs
+    fast.ENABLED = not args.plain
 
 
 def setup_device(args: argparse.Namespace) -> torch.device:
-    """Apply --device, --threads and --no-cuda-graphs (every script has them)."""
+    """Apply --device, --threads, --no-cuda-graphs and --plain (every script has them)."""
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,18 +206,19 @@ def _raise_interrupt(signum, frame):
 
 
 def run_cli(main, interrupted: str = "interrupted: nothing was written for the unfinished stage") -> None:
-    """Run `main()`; user-facing errors become one line on stderr and exit code 2. SIGTERM is treated
-    like Ctrl-C, so a stage that saves on interrupt also saves when the system asks it to stop; the
-    `interrupted` line then tells the user what was kept and how to continue."""
+    """Run `main()`; user-facing errors become one line on stderr and exit code 2: a script's UsageError, and
+    the ValueError the library raises for bad input (CheckpointError is one). SIGTERM is treated like Ctrl-C,
+    so a stage that saves on interrupt also saves when the system asks it to stop; the `interrupted` line
+    then tells the user what was kept and how to continue."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         main()
-    except (UsageError, CheckpointError) as e:
+    except (UsageError, ValueError) as e:  # CheckpointError is a ValueError
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)
     except FloatingPointError as e:  # training diverged: say where, keep whatever was saved before
-        print(f"error: training diverged ({e}); stopped before the bad update, the last good checkpoint on disk "
-              "(if any) is kept; try a lower --lr", file=sys.stderr)
+        print(f"error: training diverged ({e}); stopped before the bad update, the last good checkpoint on "
+              "disk (if any) is kept; try a lower --lr", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)

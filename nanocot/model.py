@@ -142,7 +142,7 @@ class GPT(nn.Module):
 
     def logits_at(self, idx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Logits (N, vocab) at the N positions where `keep` (B, T) is True: a loss that reads a few positions
-        pays for the unembedding and its softmax only there (train.SELECTIVE_UNEMBED_DEVICES)."""
+        pays for the unembedding and its softmax only there (nanocot/fast/cpu.py)."""
         return self.unembed(self.features(idx)[0][keep])
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:

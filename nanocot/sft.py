@@ -3,6 +3,7 @@
 - Each returns a checkpoint payload (see checkpoint.py); train_sft.py is a thin CLI around them. A later
   stage starts from the pretrained payload and inherits its task and corpus configs, so every stage of a
   model agrees on one train/test split.
+- The warm-up stops by accuracy (`AccuracyStop`), so that REINFORCE starts from a known gap.
 - `save(payload)` receives a resumable payload (the finished one's keys plus `train_state`) every
   `save_every` steps and on Ctrl-C; passing that payload back as `resume=` continues the run exactly.
 """
@@ -14,7 +15,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from nanocot.config import CorpusConfig, ModelConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
+from nanocot.checkpoint import build_model
+from nanocot.config import CorpusConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
 from nanocot.corpus import corpus_text
 from nanocot.data import CorpusWindows, collate, reading_example, task_example
 from nanocot.metrics import cot_accuracy, direct_accuracy
@@ -23,13 +25,6 @@ from nanocot.paraphrase import PARAPHRASERS
 from nanocot.task import COT, DIRECT, ModularAddition
 from nanocot.tokenizer import Tokenizer
 from nanocot.train import train
-
-
-def build_model(payload: dict, device) -> GPT:
-    """Rebuild a model from a checkpoint payload."""
-    model = GPT(from_dict(ModelConfig, payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device)
 
 
 def _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, history, num_examples=0) -> dict:
@@ -59,6 +54,36 @@ def _saver(save, make_payload):
     if save is None:
         return None
     return lambda record, state: save(copy.deepcopy({**make_payload(record), "train_state": state}))
+
+
+class AccuracyStop:
+    """The warm-up's stop: end at the first evaluation whose accuracy on training-split problems reaches
+    `threshold`, so REINFORCE starts from a known gap wherever chaining steps happens to appear. Chaining can
+    appear within 25 steps, so with `nearest` the run ends at the evaluation before instead when that one was
+    nearer the threshold (docs/LOG.md, 2026-11-27). The rolled-back steps leave the record's per-step logs and
+    their evaluation moves to record["overshot"]; their tokens, FLOPs and seconds stay counted (they were spent)."""
+
+    def __init__(self, threshold: float, nearest: bool):
+        self.threshold, self.nearest = threshold, nearest
+        self.below: dict | None = None  # the last evaluation under the threshold, with its weights
+
+    def __call__(self, model: GPT, record: dict) -> bool:
+        step, accuracy = record["eval"][-1]["step"], record["eval"][-1].get("train_accuracy", 0.0)
+        if accuracy < self.threshold:
+            if self.nearest:
+                weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                self.below = {"step": step, "accuracy": accuracy, "weights": weights}
+            return False
+        record["stopped_at"] = step  # steps 0..step-1 are the run
+        if self.nearest and self.below is not None and \
+                self.threshold - self.below["accuracy"] < accuracy - self.threshold:
+            model.load_state_dict(self.below["weights"])
+            kept = sum(s < self.below["step"] for s in record["step"])
+            for key in ("step", "loss", "token_accuracy"):
+                del record[key][kept:]
+            record["stopped_at"] = self.below["step"]
+            record["overshot"] = record["eval"].pop()  # the evaluation that crossed the threshold
+        return True
 
 
 def pretrain(size: str, train_cfg: TrainConfig, task_cfg: TaskConfig, corpus_cfg: CorpusConfig, device,
@@ -131,7 +156,8 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
     corpus_cfg = from_dict(CorpusConfig, pretrained["corpus_config"])
     make = lambda record: _payload(model, pretrained["size"], stage, train_cfg, task_cfg, corpus_cfg, tok, record, history,
                                    num_examples)
-    record = train(model, train_cfg, next_batch, evaluate, desc=f"{pretrained['size']} {stage}", rng=rng,
+    stop = AccuracyStop(train_cfg.stop_accuracy, train_cfg.stop_nearest) if train_cfg.stop_accuracy > 0 else None
+    record = train(model, train_cfg, next_batch, evaluate, stop, desc=f"{pretrained['size']} {stage}", rng=rng,
                    resume=resume["train_state"] if resume else None, save=_saver(save, make), save_every=save_every)
     record["num_examples"] = num_examples
     return make(record)

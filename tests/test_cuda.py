@@ -102,7 +102,7 @@ def _task_batches(n: int):
     """n training batches of three padded widths: direct answers (k=2) and CoT traces (k=2, k=4)."""
     import numpy as np
 
-    from nanocot import cuda_graphs
+    from nanocot.fast import cuda_graphs
     from nanocot.data import collate, task_example
     from nanocot.task import COT, DIRECT
 
@@ -119,26 +119,32 @@ def test_cuda_graphed_training_steps_equal_eager_steps():
     """GraphedStep (a recorded forward/backward and optimizer step, replayed) trains the weights exactly as
     the kernel-by-kernel step does: same metrics and weights after steps of three widths (each captured on
     its third use), to float32 tolerance."""
-    from nanocot import cuda_graphs
+    from nanocot.fast import cuda_graphs
     from nanocot.config import TrainConfig
-    from nanocot.train import EagerStep, lr_at, make_optimizer, set_lr
+    from nanocot.train import backward, lr_at, make_optimizer
 
     config = TrainConfig(steps=12, lr=3e-3, warmup_steps=2)
     batches = _task_batches(12)
     runs = []
     for graphed in (False, True):
         model = make_model(len(Tokenizer()), std=0.1).to(CUDA)
-        optimizer = make_optimizer(model, config, capturable=graphed)
-        step = EagerStep(model, optimizer, config.grad_clip)
-        if graphed:
-            step = cuda_graphs.GraphedStep(step)
+        optimizer = make_optimizer(model, config)
+        plain_step = lambda parts, model=model, optimizer=optimizer: backward(model, optimizer, parts, config.grad_clip)
+        step = cuda_graphs.GraphedStep(model, optimizer, plain_step) if graphed else None
         metrics = []
         for i, batch in enumerate(batches):
-            set_lr(optimizer, lr_at(i, config))
             # the same padded batch for both: padding's own exactness is tests/test_training.py's; here only the
             # recorded graph vs launching kernel by kernel is compared, so the results must agree to rounding
-            metrics.append(step.backward([cuda_graphs.pad_batch(batch)]).tolist())
-            step.step()
+            parts = [cuda_graphs.pad_batch(batch)]
+            if graphed:
+                step.set_lr(lr_at(i, config))
+                metrics.append(step.backward(parts).tolist())
+                step.step()
+            else:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(i, config)
+                metrics.append(plain_step(parts).tolist())
+                optimizer.step()
         runs.append((metrics, [p.detach().clone() for p in model.parameters()], step))
     (m_eager, w_eager, _), (m_graph, w_graph, graphed_step) = runs
     assert len(graphed_step.captured) == 3  # three widths, each replayed on its last uses
@@ -150,7 +156,7 @@ def test_cuda_graphed_training_steps_equal_eager_steps():
 def test_cuda_graphed_decoding_equals_eager_and_logprobs_are_the_models():
     """The graphed decoder (captured on a batch shape's third use) gives eager greedy decoding's tokens, and
     its sampled tokens carry the model's own log-probs and stop at the stop token."""
-    from nanocot import cuda_graphs
+    from nanocot.fast import cuda_graphs
 
     model = make_model(6, std=0.4, n_layer=2).to(CUDA)
     prompts = [[2, 3, 4, 5, 2], [3, 4, 2, 2, 3], [5, 5, 5, 4, 3]]

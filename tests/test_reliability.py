@@ -1,4 +1,4 @@
-"""Reliability (issue 7): exact resume, kill-safe checkpoints, divergence, safe loading, bad input, determinism.
+"""Reliability: exact resume, kill-safe checkpoints, divergence, safe loading, bad input, determinism.
 
 Each guarantee is one test (or one small group) here; the whole file must stay fast on a 2-core CPU:
 training runs are tiny and in-process, and only the SIGKILL/SIGTERM test starts real `train_sft.py`
@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nanocot.sft
-import nanocot.train
+import nanocot.fast.cpu
 import train_rl
 import train_sft
 from nanocot import checkpoint
@@ -50,7 +50,7 @@ def _interrupt_at(monkeypatch, call: int, sig: int = signal.SIGINT) -> None:
     """Deliver a real signal (Ctrl-C's SIGINT by default) while the `call`-th training step (0-based) computes its loss: the loop must
     finish that step, save, and stop before the next."""
     calls = {"n": 0}
-    real = nanocot.train.masked_loss
+    real = nanocot.fast.cpu.masked_loss  # the loss the loop takes on a CPU
 
     def loss_then_signal(model, batch):
         if calls["n"] == call:
@@ -58,7 +58,7 @@ def _interrupt_at(monkeypatch, call: int, sig: int = signal.SIGINT) -> None:
         calls["n"] += 1
         return real(model, batch)
 
-    monkeypatch.setattr(nanocot.train, "masked_loss", loss_then_signal)
+    monkeypatch.setattr(nanocot.fast.cpu, "masked_loss", loss_then_signal)
 
 
 def _through_file(payload: dict, tmp_path: Path) -> dict:
@@ -109,11 +109,11 @@ def test_finetune_resume_is_bit_exact(tiny_pretrain_payload, monkeypatch, tmp_pa
     tiny_pretrain_payload = {**tiny_pretrain_payload, "task_config": {**tiny_pretrain_payload["task_config"], "test_size": 50}}
     cfg = replace(TINY_TRAIN, eval_every=4 if stage == "direct" else 0)
     whole = finetune(tiny_pretrain_payload, stage, cfg, "cpu", num_examples=num_examples)
-    saved, real_loss = [], nanocot.train.masked_loss
+    saved, real_loss = [], nanocot.fast.cpu.masked_loss
     _interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         finetune(tiny_pretrain_payload, stage, cfg, "cpu", num_examples=num_examples, save=saved.append, save_every=3)
-    monkeypatch.setattr(nanocot.train, "masked_loss", real_loss)
+    monkeypatch.setattr(nanocot.fast.cpu, "masked_loss", real_loss)
     assert [p["step"] for p in saved] == [3, 4]
     for partial in saved:
         loaded = _through_file(partial, tmp_path)
@@ -234,14 +234,14 @@ def test_sigterm_saves_and_resume_continues_exactly(monkeypatch, capsys, tmp_pat
     argv = ["--size", "tiny", "--stage", "pretrain", "--steps", "8", "--corpus-lines", "300", "--device", "cpu",
             "--ckpt-dir", str(tmp_path / "a")]
     assert cli_exit_code(train_sft.main, argv) == 0
-    real_loss = nanocot.train.masked_loss
+    real_loss = nanocot.fast.cpu.masked_loss
     _interrupt_at(monkeypatch, 4, signal.SIGTERM)
     stopped = [*argv[:-1], str(tmp_path / "b")]
     assert cli_exit_code(train_sft.main, stopped) == 130
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "step 5" in message and "--resume" in message and "Traceback" not in message, message
     assert "train_state" in checkpoint.load(tmp_path / "b" / "tiny-pretrain.pt")
-    monkeypatch.setattr(nanocot.train, "masked_loss", real_loss)
+    monkeypatch.setattr(nanocot.fast.cpu, "masked_loss", real_loss)
     assert cli_exit_code(train_sft.main, [*stopped, "--resume"]) == 0
     whole, resumed = (checkpoint.load(tmp_path / d / "tiny-pretrain.pt") for d in "ab")
     _assert_same_run(whole, resumed)
@@ -255,7 +255,7 @@ def test_sigterm_saves_and_resume_continues_exactly(monkeypatch, capsys, tmp_pat
 def _poison(monkeypatch, step: int, where: str) -> None:
     """Make step `step` produce a NaN loss, or a finite loss whose gradient is NaN."""
     calls = {"n": 0}
-    real = nanocot.train.masked_loss
+    real = nanocot.fast.cpu.masked_loss  # the loss the loop takes on a CPU
 
     def poisoned(model, batch):
         loss, accuracy = real(model, batch)
@@ -267,7 +267,7 @@ def _poison(monkeypatch, step: int, where: str) -> None:
             loss.register_hook(lambda grad: grad * float("nan"))
         return loss, accuracy
 
-    monkeypatch.setattr(nanocot.train, "masked_loss", poisoned)
+    monkeypatch.setattr(nanocot.fast.cpu, "masked_loss", poisoned)
 
 
 @pytest.mark.parametrize("where", ["loss", "gradient"])

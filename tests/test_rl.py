@@ -21,7 +21,7 @@ from nanocot import checkpoint
 from nanocot.config import TaskConfig, model_config
 from nanocot.model import GPT
 from nanocot.paraphrase import canonicalize, swap_operands, to_words
-from nanocot.rl import Reinforce, RLConfig, advantages, sequence_logprobs
+from nanocot.rl import Reinforce, RLConfig, Rollout, Segment, advantages, sequence_logprobs
 from nanocot.sampling import Samples
 from nanocot.task import COT, ModularAddition, Problem, prompt, reference_trace
 from nanocot.tokenizer import Tokenizer
@@ -120,17 +120,15 @@ WRONG = "8+7=14,14+12=26-21=5;5\n"
 
 
 def _fixed_sample(groups: list[list[tuple[str, float]]]):
-    """A stand-in for Reinforce._sample returning fixed completions and rewards (one group per problem),
+    """A stand-in for Reinforce.rollout returning fixed completions and rewards (one group per problem),
     so Reinforce.step's own loss, skip and optimizer code runs on known data."""
     ctx = TOK.encode(prompt(PROBLEM, COT))
-    contexts, generated, owner, rows, texts, rewards = [], [], [], [], [], []
+    traces, texts = [], []
     for group in groups:
-        rewards.append([r for _, r in group])
         for text, _ in group:
-            ids = TOK.encode(text)
-            owner.append(len(rows))
-            contexts.append(ctx), generated.append(ids), rows.append(ids), texts.append(text)
-    result = (contexts, generated, owner, torch.tensor(rewards), texts, rows)
+            traces.append(Segment(ctx, TOK.encode(text), len(traces))), texts.append(text)
+    rewards = torch.tensor([[r for _, r in group] for group in groups])
+    result = Rollout(traces, [], texts, rewards, [len(s.tokens) for s in traces])
     return lambda problems: copy.deepcopy(result)
 
 
@@ -145,7 +143,7 @@ def _trainer(model, task, groups, **overrides) -> Reinforce:
     overrides = {"warmup_steps": 0, "lr_schedule": "constant", **overrides}
     cfg = RLConfig(prompts_per_step=len(groups), samples_per_prompt=len(groups[0]), **overrides)
     trainer = Reinforce(model, task, cfg)
-    trainer._sample = _fixed_sample(groups)
+    trainer.rollout = _fixed_sample(groups)
     return trainer
 
 
@@ -156,8 +154,8 @@ def test_step_loss_is_advantage_weighted_logprob(task):
     groups = [[(RIGHT, 1.0), (WRONG, 0.0)], [(RIGHT, 1.0), (RIGHT, 1.0)]]
     trainer = _trainer(model, task, groups, lr=1e-3)
     with torch.no_grad():
-        contexts, generated, owner, rewards, _, _ = trainer._sample(None)
-        logp, _, mask = sequence_logprobs(model, contexts[:2], generated[:2], TOK.pad_id)
+        traces = trainer.rollout(None).traces[:2]
+        logp, _, mask = sequence_logprobs(model, [s.context for s in traces], [s.tokens for s in traces], TOK.pad_id)
     expected = -(logp[0].sum() - logp[1].sum()) / mask.sum()  # loo advantages +1 / -1
     stats = trainer.step()
     assert stats["skipped"] == 0.0
@@ -174,8 +172,10 @@ def test_answers_after_paraphrased_traces_are_learned_as_in_one_batch(task):
     paraphrased = ctx + TOK.encode("8 plus 7 is 15, 15 plus 12 is 27 minus 21 is 6;")
     body = TOK.encode(RIGHT.split(";")[0] + ";")
     contexts, generated = [ctx, ctx, paraphrased], [body, TOK.encode(WRONG), TOK.encode("6\n")]
-    owner = [0, 1, 0]  # sample 0's trace in its own context, then its answer after the paraphrase
-    trainer._sample = lambda problems: (contexts, generated, owner, torch.tensor([[1.0, 0.0]]), [None, WRONG], [body, []])
+    segments = [Segment(c, g, i) for c, g, i in zip(contexts, generated, [0, 1, 0])]
+    # sample 0's trace in its own context, then its answer after the paraphrase
+    rollout = Rollout(segments[:2], segments[2:], [None, WRONG], torch.tensor([[1.0, 0.0]]), [len(body), 0])
+    trainer.rollout = lambda problems: rollout
     with torch.no_grad():
         logp, _, mask = sequence_logprobs(model, contexts, generated, TOK.pad_id)
     expected = -(logp[0].sum() + logp[2].sum() - logp[1].sum()) / mask.sum()  # loo advantages +1 / -1
@@ -271,7 +271,7 @@ def test_no_baseline_step_raises_right_and_leaves_wrong_alone_without_signal(tas
     trainer = _trainer(model, task, [[(WRONG, 0.0), (WRONG, 0.0)]], lr=3e-3, baseline="none")
     assert trainer.step()["skipped"] == 1.0
     before = _total_logp(model, RIGHT)
-    trainer._sample = _fixed_sample([[(RIGHT, 1.0), (WRONG, 0.0)]])
+    trainer.rollout = _fixed_sample([[(RIGHT, 1.0), (WRONG, 0.0)]])
     assert trainer.step()["skipped"] == 0.0
     assert _total_logp(model, RIGHT) > before + 0.3
 
@@ -285,7 +285,7 @@ def test_all_equal_rewards_skip_the_step(task):
     params = copy.deepcopy(model.state_dict())
     opt_state = copy.deepcopy(trainer.optimizer.state_dict())
     for rewards in ([1.0, 1.0], [0.0, 0.0]):
-        trainer._sample = _fixed_sample([[(RIGHT, rewards[0]), (WRONG, rewards[1])]])
+        trainer.rollout = _fixed_sample([[(RIGHT, rewards[0]), (WRONG, rewards[1])]])
         stats = trainer.step()
         assert stats["skipped"] == 1.0 and stats["loss"] == 0.0
         for name, value in model.state_dict().items():
@@ -374,9 +374,10 @@ def test_paraphrase_in_the_loop(task, monkeypatch):
     cfg = RLConfig(prompts_per_step=1, samples_per_prompt=4, paraphrase_prob=1.0, paraphraser="swap", seed=3,
                    paraphrase_from_end=0.0)
     trainer = Reinforce(model, task, cfg)
-    contexts, generated, owner, rewards, texts, rows = trainer._sample([p])
+    rollout = trainer.rollout([p])
+    rewards, texts = rollout.rewards, rollout.texts
 
-    # the paraphrases _sample drew: same generator seed and the same order of draws (one random() per
+    # the paraphrases the rollout drew: same generator seed and the same order of draws (one random() per
     # parseable sample for the coin, then the swap's own draws; no direction coin with paraphrase_from_end 0)
     rng = random.Random(3)
     expected_bodies = {}
@@ -392,13 +393,14 @@ def test_paraphrase_in_the_loop(task, monkeypatch):
     for i in (0, 1, 3):
         assert texts[i].split(";")[0] != body.rstrip(";")
     assert rewards.tolist() == [[1.0, 0.0, 0.0, 1.0]], "reward on the re-sampled answer, not the first one"
-    assert rows == [TOK.encode(t) for t in first]
+    assert rollout.lengths == [len(TOK.encode(t)) for t in first]
     # segments: the trace in its own context, the answer in the paraphrased context
-    assert owner == [0, 1, 2, 3, 0, 1, 3]
-    assert generated[:4] == [TOK.encode(body), TOK.encode(body), TOK.encode("junk\n"), TOK.encode(body)]
-    assert contexts[:4] == [prompt_ids] * 4
-    assert contexts[4:] == calls[1]
-    assert generated[4:] == [TOK.encode(a) for a in resampled]
+    assert [s.sample for s in rollout.traces] == [0, 1, 2, 3] and [s.sample for s in rollout.answers] == [0, 1, 3]
+    assert [s.tokens for s in rollout.traces] == [TOK.encode(body), TOK.encode(body), TOK.encode("junk\n"),
+                                                  TOK.encode(body)]
+    assert [s.context for s in rollout.traces] == [prompt_ids] * 4
+    assert [s.context for s in rollout.answers] == calls[1]
+    assert [s.tokens for s in rollout.answers] == [TOK.encode(a) for a in resampled]
 
 
 LONG_PROBLEM = Problem((13, 18, 14, 4), 21)  # its whole trace in number words does not fit the context
@@ -418,7 +420,7 @@ def _paraphrased_contexts(task, monkeypatch, **config) -> tuple[list[str], int]:
     monkeypatch.setattr(rl, "generate_ragged", fake_generate)
     trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, paraphrase_prob=1.0, seed=0, **config))
     n_prompt = len(TOK.encode(prompt(LONG_PROBLEM, COT)))
-    trainer._sample([LONG_PROBLEM])
+    trainer.rollout([LONG_PROBLEM])
     return [TOK.decode(c[n_prompt:]) for c in calls[1]], n_prompt
 
 
@@ -467,7 +469,7 @@ def test_a_trace_the_paraphraser_cannot_read_earns_nothing(task, monkeypatch):
         calls.clear()
         trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, samples_per_prompt=2, paraphrase_prob=prob,
                                                          paraphraser="reword"))
-        rewards = trainer._sample([p])[3]
+        rewards = trainer.rollout([p]).rewards
         assert rewards.tolist() == expected, prob
 
 
@@ -491,8 +493,7 @@ def test_paraphrase_of_a_trace_that_fills_the_context(monkeypatch):
 
     monkeypatch.setattr(rl, "generate", first_call_fixed)
     trainer = Reinforce(model, task7, RLConfig(prompts_per_step=1, samples_per_prompt=2, paraphrase_prob=1.0))
-    *_, rewards, texts, rows = trainer._sample([p])
-    assert rewards.tolist() == [[0.0, 0.0]]
+    assert trainer.rollout([p]).rewards.tolist() == [[0.0, 0.0]]
 
 
 # --------------------------------------------------------------------------------------------------- CLI

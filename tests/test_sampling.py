@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from conftest import make_model
 
-from nanocot.sampling import generate, generate_ragged
+from nanocot.fast.cpu import sample_categorical
+from nanocot.fast.ragged import generate_ragged
+from nanocot.sampling import generate
 
 V, PAD, STOP = 6, 0, 1  # a 6-token vocabulary: a random model hits the stop token often
 PROMPTS = [[2, 3, 4, 5, 2], [3, 4, 2], [5, 5, 5, 4, 3], [2, 2, 3, 4], [4, 3, 2], [2], [3, 3, 3, 3, 3, 3, 3]]
@@ -150,10 +152,8 @@ def test_overlong_prompt_raises_value_error(model):
 
 
 def test_sample_categorical_matches_the_distribution_and_never_draws_zero_mass():
-    """The inverse-CDF sampler (which replaced torch.multinomial for speed) draws each token at its
-    probability, and never a token of probability 0 (what top-k masks), even when the uniform draw is 0."""
-    from nanocot.sampling import sample_categorical
-
+    """The inverse-CDF sampler (the fast path beside torch.multinomial) draws each token at its probability,
+    and never a token of probability 0 (what top-k masks), even when the uniform draw is 0."""
     probs = torch.tensor([[0.0, 0.2, 0.0, 0.8]]).repeat(100_000, 1)
     draws = sample_categorical(probs, torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=4).float() / len(draws)

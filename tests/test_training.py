@@ -12,7 +12,9 @@ from nanocot.config import CorpusConfig, TaskConfig, TrainConfig
 from nanocot.corpus import corpus_text
 from nanocot.data import CorpusWindows, collate, task_example
 from nanocot.task import COT, DIRECT, Problem, prompt, reference_trace
-from nanocot.train import accumulate, lr_at, masked_loss
+from nanocot.fast import cpu as fast_cpu
+from nanocot.sft import AccuracyStop
+from nanocot.train import backward, lr_at, masked_loss
 
 PROBLEM = Problem((8, 7, 12, 5), 21)
 
@@ -120,13 +122,13 @@ def test_masked_loss_ignores_masked_positions(tok):
 
 
 def test_masked_loss_on_the_loss_positions_only_gives_the_full_gradient(tok):
-    """On a CPU masked_loss unembeds only the masked positions; the loss and every gradient must equal the
-    plain formula over all positions (mean of the masked per-token losses)."""
+    """On a CPU the fast masked_loss unembeds only the masked positions; the loss and every gradient must equal
+    the plain formula over all positions (mean of the masked per-token losses)."""
     examples = [task_example(tok, PROBLEM, DIRECT), task_example(tok, Problem((3, 4, 9), 12), COT)]
     x, y, mask = collate(examples, tok.pad_id, "cpu")
     assert 0 < mask.sum() < mask.numel(), "a partial mask takes the selective path"
     model = make_model(len(tok), std=0.1)
-    loss, _ = masked_loss(model, (x, y, mask))
+    loss, _ = fast_cpu.masked_loss(model, (x, y, mask))
     loss.backward()
     selective = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -136,12 +138,14 @@ def test_masked_loss_on_the_loss_positions_only_gives_the_full_gradient(tok):
     assert loss.item() == pytest.approx(full.item(), rel=1e-6)
     for a, p in zip(selective, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-7), "same gradient through the selected positions"
-    empty, accuracy = masked_loss(model, (x, y, torch.zeros_like(mask)))
-    assert empty.item() == 0.0 and accuracy.item() == 0.0
-    empty.backward()  # a batch without loss tokens is a zero step, not an error
+    for loss_fn in (masked_loss, fast_cpu.masked_loss):
+        empty, accuracy = loss_fn(model, (x, y, torch.zeros_like(mask)))
+        assert empty.item() == 0.0 and accuracy.item() == 0.0
+        empty.backward()  # a batch without loss tokens is a zero step, not an error
 
 
-def test_masked_loss_token_accuracy(tok):
+@pytest.mark.parametrize("loss_fn", [masked_loss, fast_cpu.masked_loss], ids=["plain", "fast"])
+def test_masked_loss_token_accuracy(tok, loss_fn):
     model = make_model(len(tok), std=0.1)
     x = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
@@ -150,20 +154,20 @@ def test_masked_loss_token_accuracy(tok):
     wrong = (pred + 1) % len(tok)
     mask = torch.tensor([[1.0, 0.0, 1.0]])
     mixed = torch.where(torch.tensor([[True, False, False]]), right, wrong)
-    assert masked_loss(model, (x, right, mask))[1].item() == pytest.approx(1.0)
-    assert masked_loss(model, (x, mixed, mask))[1].item() == pytest.approx(0.5)
+    assert loss_fn(model, (x, right, mask))[1].item() == pytest.approx(1.0)
+    assert loss_fn(model, (x, mixed, mask))[1].item() == pytest.approx(0.5)
 
 
 def test_masked_loss_with_every_token_counted_equals_the_masked_formula(tok):
-    """An all-ones mask (pretraining) takes a plain mean cross-entropy; loss, token accuracy (argmax == target)
-    and every gradient must equal the masked formula's."""
+    """On a CPU an all-ones mask (pretraining) takes a plain mean cross-entropy; loss, token accuracy
+    (argmax == target) and every gradient must equal the masked formula's."""
     x = torch.randint(1, len(tok), (3, 20), generator=torch.Generator().manual_seed(0))
     y = torch.randint(1, len(tok), (3, 20), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(3, 20)
     model = make_model(len(tok), std=0.5)
     with torch.no_grad():
         y[0, :10] = model(x)[0, :10].argmax(-1)  # some right predictions, so the accuracy is not 0
-    loss, accuracy = masked_loss(model, (x, y, mask))
+    loss, accuracy = fast_cpu.masked_loss(model, (x, y, mask))
     loss.backward()
     plain = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -186,21 +190,21 @@ def test_micro_batches_give_the_one_batch_gradient(tok):
     one_loss, one_acc = masked_loss(model, collate(short + long, tok.pad_id, "cpu"))
     one_loss.backward()
     one_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    loss, acc = accumulate(model, [collate(short, tok.pad_id, "cpu"), collate(long, tok.pad_id, "cpu")])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # backward() zeroes its gradients first
+    parts = [collate(short, tok.pad_id, "cpu"), collate(long, tok.pad_id, "cpu")]
+    loss, acc, _ = backward(model, optimizer, parts, grad_clip=math.inf)  # clipping at inf scales by exactly 1
     assert loss.item() == pytest.approx(one_loss.item(), rel=1e-5)
     assert acc.item() == pytest.approx(one_acc.item(), rel=1e-5)
     for p, g in zip(model.parameters(), one_grads):
         assert torch.allclose(p.grad, g, atol=1e-6)
 
 
-def test_padding_a_batch_for_a_cuda_graph_changes_neither_loss_nor_gradient(tok, monkeypatch):
+def test_padding_a_batch_for_a_cuda_graph_changes_neither_loss_nor_gradient(tok):
     """cuda_graphs.pad_batch right-pads each batch to a fixed width so one recorded graph fits many batches;
     under the causal mask and a zero loss mask the extra positions must change nothing. Checked on the path
-    a GPU takes (logits at every position, not only the masked ones)."""
-    from nanocot import cuda_graphs, train
+    a GPU takes (the plain loss: logits at every position, not only the masked ones)."""
+    from nanocot.fast import cuda_graphs
 
-    monkeypatch.setattr(train, "SELECTIVE_UNEMBED_DEVICES", ())
     model = make_model(len(tok), std=0.1)
     batch = collate([task_example(tok, PROBLEM, DIRECT), task_example(tok, Problem((9, 9, 9, 9), 11), COT)], tok.pad_id, "cpu")
     padded = cuda_graphs.pad_batch(batch, multiple=16)
@@ -330,10 +334,11 @@ def test_stop_accuracy_ends_the_stage_at_the_first_evaluation_that_reaches_it():
     accuracies = iter([0.1, 0.3, 0.6, 0.9, 0.95])
     batch = collate([task_example(Tokenizer(), PROBLEM, DIRECT)] * 2, 0, "cpu")
     config = TrainConfig(steps=20, batch_size=2, eval_every=3, warmup_steps=1, stop_accuracy=0.5)
-    record = train(model, config, lambda step: batch, evaluate=lambda m: {"test_accuracy": 1.0, "train_accuracy": next(accuracies)})
+    record = train(model, config, lambda step: batch, stop=AccuracyStop(0.5, nearest=False),
+                   evaluate=lambda m: {"test_accuracy": 1.0, "train_accuracy": next(accuracies)})
     assert [e["step"] for e in record["eval"]] == [0, 3, 6] and record["stopped_at"] == 6
     assert record["step"] == list(range(6))
-    plain = TrainConfig(steps=4, batch_size=2, eval_every=2, warmup_steps=1)  # stop_accuracy 0: never stops early
+    plain = TrainConfig(steps=4, batch_size=2, eval_every=2, warmup_steps=1)  # no stop: never stops early
     unstopped = train(make_model(len(Tokenizer()), std=0.1), plain, lambda step: batch, evaluate=lambda m: {"train_accuracy": 1.0})
     assert "stopped_at" not in unstopped and [e["step"] for e in unstopped["eval"]] == [0, 2, 4]
 
@@ -358,7 +363,7 @@ def test_stop_nearest_returns_to_the_evaluation_before_when_it_was_nearer(last, 
     batch = collate([task_example(Tokenizer(), PROBLEM, DIRECT)] * 2, 0, "cpu")
     config = TrainConfig(steps=20, batch_size=2, lr=1e-2, eval_every=3, warmup_steps=1, stop_accuracy=0.7,
                          stop_nearest=nearest)
-    record = train(model, config, lambda step: batch, evaluate=evaluate)
+    record = train(model, config, lambda step: batch, evaluate=evaluate, stop=AccuracyStop(0.7, nearest))
     assert record["stopped_at"] == stopped_at and [e["step"] for e in record["eval"]] == list(range(0, stopped_at + 1, 3))
     assert record["step"] == list(range(stopped_at)) and len(record["loss"]) == stopped_at
     assert not all(torch.equal(seen[3][k], seen[6][k]) for k in seen[3]), "the test needs the weights to move"

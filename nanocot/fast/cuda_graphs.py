@@ -1,23 +1,23 @@
 """Replaying the hot loops as CUDA graphs: on a GPU, models this small are bound by kernel launches.
 
 A training step of the large preset is ~150 kernels of a few microseconds each; launched one by one from
-Python, the GPU idles between them (the H100 ran the default pipeline at 5-9 ms per step, <1% busy:
-docs/LOG.md, session 4). A CUDA graph records the kernels of one step once and then launches all of them
-with one call (session 8, H100: 0.43-0.69x the time per supervised step). Two places use it, both only on
-CUDA and both computing what the eager code computes:
+Python, the GPU idles between them. A CUDA graph records the kernels of one step once and then launches all
+of them with one call (docs/LOG.md, 2026-11-27). Two places use it, both only on CUDA and both computing what
+the eager code computes:
 
 - `GraphedStep` (train.py's loop): forward + backward + gradient clipping as one graph, the optimizer step
   as a second, so the loop can still read the loss and gradient norm and refuse a non-finite step *before*
-  the weights change. A graph has fixed shapes, so each batch is right-padded to a multiple of
-  `PAD_MULTIPLE` positions (padding carries no loss and, under the causal mask, changes no real position:
-  tests/test_training.py) and each shape gets its own graph, captured the third time it is seen.
+  the weights change. The optimizer is made capturable, its learning rate a device tensor, so one recorded
+  update serves every step of the schedule. A graph has fixed shapes, so each batch is right-padded to a
+  multiple of `PAD_MULTIPLE` positions (padding carries no loss and, under the causal mask, changes no real
+  position: tests/test_training.py) and each shape gets its own graph, captured the third time it is seen.
 - `decoder(...)` (sampling.py): one graph per generated position (the KV cache's length differs at each),
   for a batch shape seen at least twice before; replayed `budget` times per call. The sampled tokens use
   uniform draws made in one call before the loop (the eager sampler draws them one position at a time), so
   graphed and eager sampling with one seed draw different (equally distributed) samples; greedy decoding
   is the same. tests/test_cuda.py checks both on a GPU.
 
-`--no-cuda-graphs` on every script (`ENABLED = False`) falls back to launching kernel by kernel.
+`--no-cuda-graphs` (`ENABLED = False`) or `--plain` falls back to launching kernel by kernel.
 """
 
 from collections import Counter
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nanocot import fast
+from nanocot.fast.cpu import sample_categorical
 from nanocot.model import KVCache
 
 ENABLED = True
@@ -36,7 +38,7 @@ EAGER_RUNS = 2  # uses of a shape before it is captured: lazy initialisation hap
 
 
 def enabled(device: torch.device) -> bool:
-    return ENABLED and device.type == "cuda"
+    return ENABLED and fast.ENABLED and torch.device(device).type == "cuda"
 
 
 class _CapturedOnUse(dict):
@@ -90,22 +92,31 @@ class _CapturedStep:
 
 
 class GraphedStep:
-    """train.EagerStep's interface (`backward(parts)` -> metrics, then `step()`), replayed as CUDA graphs.
-    The optimizer must be capturable with a tensor learning rate (train.make_optimizer(capturable=True)),
-    so one captured optimizer step serves every step of the schedule."""
+    """One training step in two replayable halves: `backward(parts)` -> (loss, token accuracy, gradient norm)
+    as one tensor, then `step()` updates the weights. `eager_backward(parts)` is train.py's plain step (zero
+    the gradients, forward and backward, clip); it runs eagerly for a shape's first uses and is recorded on
+    the third."""
 
-    def __init__(self, eager):
-        self.eager = eager
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, eager_backward):
+        self.model, self.optimizer, self.eager_backward = model, optimizer, eager_backward
+        device = next(model.parameters()).device
+        for group in optimizer.param_groups:  # one recorded update for every step: step count and lr on device
+            group["capturable"] = True
+            group["lr"] = torch.tensor(group["lr"], device=device)
         self.captured = _CapturedOnUse()  # batch shapes -> _CapturedStep
         self.pending: _CapturedStep | None = None  # the graph whose optimizer step `step()` replays
 
+    def set_lr(self, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"].fill_(value)  # in place: the recorded optimizer step reads this tensor
+
     def backward(self, parts: list) -> torch.Tensor:
-        parts = [pad_batch(part, limit=self.eager.model.config.block_size) for part in parts]
+        parts = [pad_batch(part, limit=self.model.config.block_size) for part in parts]
         entry = self.captured.fetch(tuple(tuple(x.shape) for x, _, _ in parts), lambda: self._capture(parts))
         if entry is None:  # one of the shape's eager warm-up runs
             self.pending = None
             with _side_stream():
-                return self.eager.backward(parts)
+                return self.eager_backward(parts)
         for static, part in zip(entry.inputs, parts):
             for buffer, value in zip(static, part):
                 buffer.copy_(value, non_blocking=True)
@@ -115,27 +126,27 @@ class GraphedStep:
 
     def step(self) -> None:
         if self.pending is None:
-            self.eager.step()
+            self.optimizer.step()
         else:
             self.pending.optimizer_step.replay()
 
     def _capture(self, parts: list) -> _CapturedStep:
         """Record (not run) one step on static copies of `parts`; `backward` then replays it on them."""
         inputs = [tuple(t.clone() for t in part) for part in parts]
-        params = list(self.eager.model.parameters())
         backward, optimizer_step = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with torch.cuda.graph(backward):  # backward allocates this graph's own gradient buffers
-            metrics = self.eager.backward(inputs)  # its zero_grad only sets .grad to None
+            metrics = self.eager_backward(inputs)  # its zero_grad only sets .grad to None
         with torch.cuda.graph(optimizer_step):
-            self.eager.optimizer.step()
-        return _CapturedStep(inputs, backward, optimizer_step, metrics, [p.grad for p in params])
+            self.optimizer.step()
+        return _CapturedStep(inputs, backward, optimizer_step, metrics, [p.grad for p in self.model.parameters()])
 
 
 class _Decoder:
     """Every position's sampling step for one batch shape, as CUDA graphs over static buffers."""
 
-    def __init__(self, model, shape, budget, stop_id, pad_id, temperature, top_k, greedy):
+    def __init__(self, model, shape, budget, stop_id, pad_id, temperature, top_k, greedy, choose_next):
         B, prompt_len = shape
+        self.choose_next = choose_next  # sampling.choose_next, passed in: sampling imports this module
         device = next(model.parameters()).device
         self.model, self.prompt_len, self.budget = model, prompt_len, budget
         self.stop_id, self.pad_id, self.temperature, self.top_k, self.greedy = stop_id, pad_id, temperature, top_k, greedy
@@ -159,10 +170,8 @@ class _Decoder:
 
     def _step(self, position: int) -> None:
         """Choose column `position` from `self.logits`, then feed that token to refill `self.logits`."""
-        from nanocot.sampling import choose_next
-
-        next_id, next_lp = choose_next(self.logits, self.temperature, self.top_k, self.greedy,
-                                       uniform=self.uniform[position])
+        draw = lambda probs: sample_categorical(probs, uniform=self.uniform[position])
+        next_id, next_lp = self.choose_next(self.logits, self.temperature, self.top_k, self.greedy, draw)
         self.out[:, position] = torch.where(self.alive, next_id, self.pad_id)
         self.out_lp[:, position] = torch.where(self.alive, next_lp, 0.0)
         self.out_mask[:, position] = self.alive.float()
@@ -172,7 +181,7 @@ class _Decoder:
             self.logits.copy_(self.model(next_id[:, None], self.cache)[:, -1])
 
     def run(self, prompt: torch.Tensor, generator: torch.Generator | None):
-        """sampling._generate_group's result for `prompt` (B, prompt_len)."""
+        """sampling.decode's result for `prompt` (B, prompt_len)."""
         self.cache.pos = 0
         self.logits.copy_(self.model(prompt, self.cache)[:, -1])  # prefill, eager
         self.out.fill_(self.pad_id), self.out_lp.zero_(), self.out_mask.zero_(), self.alive.fill_(True)
@@ -189,8 +198,9 @@ class _Decoder:
 _decoders = _CapturedOnUse()
 
 
-def decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy) -> _Decoder | None:
+def decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy, choose_next) -> _Decoder | None:
     """The graphed decoder for this model and batch shape, captured on the shape's third use; None before
     (the caller decodes eagerly). Keyed by the weights' address too: a model moved or rebuilt gets new graphs."""
     key = (id(model), model.W_E.weight.data_ptr(), tuple(shape), budget, stop_id, pad_id, temperature, top_k, greedy)
-    return _decoders.fetch(key, lambda: _Decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy))
+    return _decoders.fetch(key, lambda: _Decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy,
+                                                 choose_next))
