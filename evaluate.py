@@ -16,20 +16,35 @@ from pathlib import Path
 import torch
 
 from nanocot import checkpoint, report
-from nanocot.cli import Parser, UsageError, add_graph_flag, first_paragraph, positive_int, run_cli, seed_int, setup_device, writable_dir
+from nanocot.cli import (
+    Parser,
+    UsageError,
+    add_graph_flag,
+    first_paragraph,
+    positive_int,
+    run_cli,
+    seed_int,
+    setup_device,
+    writable_dir,
+)
 from nanocot.evaluation import QUICK, Sizes, load_models, run
 
 
 def parse_args(argv=None):
     p = Parser(description=first_paragraph(__doc__), prog="evaluate.py")
-    p.add_argument("--ckpt-dir", default="out", help="folder holding <size>-<stage>.pt checkpoints (default: out)")
-    p.add_argument("--out", default="out/eval", help="folder for report.md, metrics.json and plots (default: out/eval)")
+    p.add_argument("--ckpt-dir", default="out",
+                   help="folder holding <size>-<stage>.pt checkpoints (default: out)")
+    p.add_argument("--out", default="out/eval",
+                   help="folder for report.md, metrics.json and plots (default: out/eval)")
     p.add_argument("--quick", action="store_true", help="small samples for a fast look (intervals get wide)")
-    p.add_argument("--n", type=positive_int, help="problems per split and per measurement (default: 1000; --quick: "
-                   "150 in-distribution, 100 per out-of-distribution split)")
-    p.add_argument("--pass-k", type=positive_int, help="k of sampled pass@k for CoT models (default: 8; --quick: 4)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed for sampling and random interventions (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
+    p.add_argument("--n", type=positive_int, help="problems per split and per measurement (default: 1000; "
+                   "--quick: 150 in-distribution, 100 per out-of-distribution split)")
+    p.add_argument("--pass-k", type=positive_int,
+                   help="k of sampled pass@k for CoT models (default: 8; --quick: 4)")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed for sampling and random interventions (default: 0)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     add_graph_flag(p)
     return p.parse_args(argv)
@@ -44,7 +59,8 @@ def main(argv=None) -> None:
     out = writable_dir(args.out)
     sizes = QUICK if args.quick else Sizes()
     if args.n:
-        sizes = replace(sizes, test=args.n, ood=args.n, pass_problems=min(sizes.pass_problems, args.n), probes=max(3 * args.n, 60))
+        sizes = replace(sizes, test=args.n, ood=args.n, pass_problems=min(sizes.pass_problems, args.n),
+                        probes=max(3 * args.n, 60))
     if args.pass_k:
         sizes = replace(sizes, pass_k=args.pass_k)
     task_cfg, entries = load_models(folder, device)
@@ -53,8 +69,8 @@ def main(argv=None) -> None:
         metrics = run(entries, task_cfg, sizes, out, args.seed)
     metrics.update(seconds=time.perf_counter() - start, seed=args.seed, quick=args.quick)
     path = report.write(metrics, out)
-    # last and atomically: `python -m nanocot` reuses an evaluation whose metrics.json is whole and made for its
-    # seed and --quick setting, so that file must never exist without its report or exist half-written
+    # last and atomically: `python -m nanocot` reuses an evaluation whose metrics.json is whole and made for
+    # its seed and --quick setting, so that file must never exist without its report or exist half-written
     text = json.dumps(metrics, indent=1, default=float).encode()
     try:
         checkpoint.write_atomically(out / "metrics.json", lambda f: f.write(text))

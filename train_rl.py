@@ -12,6 +12,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from nanocot import checkpoint
+from nanocot.checkpoint import build_model
 from nanocot.cli import (
     Parser,
     ResumableSaves,
@@ -32,7 +33,6 @@ from nanocot.config import SIZES, TaskConfig, from_dict, to_dict
 from nanocot.paraphrase import PARAPHRASERS
 from nanocot.plots import plot_rl
 from nanocot.rl import RLConfig, train_rl
-from nanocot.sft import build_model
 from nanocot.task import ModularAddition
 from nanocot.tokenizer import Tokenizer
 
@@ -42,56 +42,75 @@ def parse_args(argv=None):
     p = Parser(description=first_paragraph(__doc__), prog="train_rl.py")
     p.add_argument("--size", choices=SIZES, default="small", help="model preset (default: small)")
     p.add_argument("--init", choices=["auto", "warmup", "pretrain"], default="auto",
-                   help="starting checkpoint: <size>-warmup.pt, <size>-pretrain.pt, or auto = warmup if it exists (default: auto)")
-    p.add_argument("--steps", type=positive_int, help=f"RL steps (default: {d.steps}; with --resume, the saved run's)")
-    p.add_argument("--prompts", type=positive_int, default=d.prompts_per_step, help=f"problems per step (default: {d.prompts_per_step})")
+                   help="starting checkpoint: <size>-warmup.pt, <size>-pretrain.pt, or auto = warmup if it "
+                        "exists (default: auto)")
+    p.add_argument("--steps", type=positive_int,
+                   help=f"RL steps (default: {d.steps}; with --resume, the saved run's)")
+    p.add_argument("--prompts", type=positive_int, default=d.prompts_per_step,
+                   help=f"problems per step (default: {d.prompts_per_step})")
     p.add_argument("--samples", type=positive_int, default=d.samples_per_prompt,
                    help=f"sampled completions per problem, G >= 2 (default: {d.samples_per_prompt})")
     p.add_argument("--lr", type=positive_float, default=d.lr, help=f"AdamW learning rate (default: {d.lr})")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule,
                    help=f"constant, or a cosine decay to 0 at the last step (default: {d.lr_schedule})")
     p.add_argument("--beta1", type=adam_beta, default=d.beta1,
-                   help=f"Adam's gradient averaging: 0.99 averages ~100 steps of noisy policy gradients (default: {d.beta1})")
-    p.add_argument("--beta2", type=adam_beta, default=d.beta2, help=f"Adam's squared-gradient averaging (default: {d.beta2})")
-    p.add_argument("--temperature", type=positive_float, default=d.temperature, help=f"sampling temperature (default: {d.temperature})")
-    p.add_argument("--top-k", type=nonnegative_int, default=d.top_k, help="sample only among the k likeliest tokens; 0 = all (default: 0)")
+                   help="Adam's gradient averaging: 0.99 averages ~100 steps of noisy policy gradients "
+                        f"(default: {d.beta1})")
+    p.add_argument("--beta2", type=adam_beta, default=d.beta2,
+                   help=f"Adam's squared-gradient averaging (default: {d.beta2})")
+    p.add_argument("--temperature", type=positive_float, default=d.temperature,
+                   help=f"sampling temperature (default: {d.temperature})")
+    p.add_argument("--top-k", type=nonnegative_int, default=d.top_k,
+                   help="sample only among the k likeliest tokens; 0 = all (default: 0)")
     p.add_argument("--baseline", choices=["loo", "mean", "none"], default=d.baseline,
-                   help="leave-one-out, group-mean, or none (reinforce right traces only) (default: %(default)s)")
-    p.add_argument("--kl", type=nonnegative_float, default=d.kl_coef, help="KL penalty to the starting policy (default: 0 = off)")
-    p.add_argument("--entropy", type=nonnegative_float, default=d.entropy_coef, help="entropy bonus (default: 0 = off)")
+                   help="leave-one-out, group-mean, or none (reinforce right traces only) "
+                        "(default: %(default)s)")
+    p.add_argument("--kl", type=nonnegative_float, default=d.kl_coef,
+                   help="KL penalty to the starting policy (default: 0 = off)")
+    p.add_argument("--entropy", type=nonnegative_float, default=d.entropy_coef,
+                   help="entropy bonus (default: 0 = off)")
     p.add_argument("--kl-log-samples", type=nonnegative_int, default=d.kl_log_samples,
-                   help=f"with --kl 0, the logged KL to the start policy is estimated on this many of each step's learned "
-                        f"samples; 0 = all (default: {d.kl_log_samples})")
+                   help="with --kl 0, the logged KL to the start policy is estimated on this many of each "
+                        f"step's learned samples; 0 = all (default: {d.kl_log_samples})")
     p.add_argument("--kl-log-every", type=positive_int, default=d.kl_log_every,
-                   help=f"with --kl 0, the KL to the start policy is logged every this many steps, NaN between "
-                        f"(default: {d.kl_log_every})")
+                   help="with --kl 0, the KL to the start policy is logged every this many steps, NaN "
+                        f"between (default: {d.kl_log_every})")
     p.add_argument("--curriculum", choices=["mixed", "target", "ramp"], default=d.curriculum,
-                   help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to hard (default: %(default)s)")
+                   help="operand counts per step: mixed = uniform 2..k, target = always k, ramp = easy to "
+                        "hard (default: %(default)s)")
     p.add_argument("--paraphrase-prob", type=probability, default=d.paraphrase_prob,
-                   help=f"probability that a sampled trace is paraphrased before its answer is sampled (default: {d.paraphrase_prob})")
+                   help="probability that a sampled trace is paraphrased before its answer is sampled "
+                        f"(default: {d.paraphrase_prob})")
     p.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps,
-                   help=f"linear learning-rate warm-up over this many steps; 0 = none (default: {d.warmup_steps})")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay, help=f"AdamW weight decay (default: {d.weight_decay})")
-    p.add_argument("--grad-clip", type=positive_float, default=d.grad_clip, help=f"gradient-norm clip (default: {d.grad_clip})")
+                   help="linear learning-rate warm-up over this many steps; 0 = none "
+                        f"(default: {d.warmup_steps})")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay,
+                   help=f"AdamW weight decay (default: {d.weight_decay})")
+    p.add_argument("--grad-clip", type=positive_float, default=d.grad_clip,
+                   help=f"gradient-norm clip (default: {d.grad_clip})")
     p.add_argument("--max-new-tokens", type=positive_int, default=d.max_new_tokens,
                    help=f"longest sampled completion (default: {d.max_new_tokens})")
     p.add_argument("--paraphraser", type=paraphraser_names, default=d.paraphraser,
-                   help=f"comma-separated paraphrasers used in the loop, one drawn per paraphrased sample, from "
-                        f"{', '.join(PARAPHRASERS)} (default: {d.paraphraser})")
+                   help="comma-separated paraphrasers used in the loop, one drawn per paraphrased sample, "
+                        f"from {', '.join(PARAPHRASERS)} (default: {d.paraphraser})")
     p.add_argument("--paraphrase-from-end", type=probability, default=d.paraphrase_from_end,
-                   help=f"share of the paraphrased traces rewritten from the last step back (number words rarely fit a "
-                        f"whole trace; from the front they leave the last step in digits) (default: {d.paraphrase_from_end})")
+                   help="share of the paraphrased traces rewritten from the last step back (number words "
+                        "rarely fit a whole trace; from the front they leave the last step in digits) "
+                        f"(default: {d.paraphrase_from_end})")
     p.add_argument("--eval-problems", type=positive_int, default=d.eval_problems,
                    help=f"held-out problems for greedy accuracy (default: {d.eval_problems})")
-    p.add_argument("--pass-k", type=positive_int, default=d.pass_k, help=f"k of the pass@k evaluation (default: {d.pass_k})")
+    p.add_argument("--pass-k", type=positive_int, default=d.pass_k,
+                   help=f"k of the pass@k evaluation (default: {d.pass_k})")
     p.add_argument("--pass-problems", type=positive_int, default=d.pass_problems,
                    help=f"held-out problems for pass@k (default: {d.pass_problems})")
     p.add_argument("--eval-every", type=positive_int, default=d.eval_every,
                    help=f"steps between held-out evaluations (default: {d.eval_every})")
-    p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable checkpoints (default: 50)")
+    p.add_argument("--save-every", type=positive_int, default=50,
+                   help="steps between resumable checkpoints (default: 50)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from DIR/<size>-cot.pt exactly (its saved flags are used; flags "
-                        "given now are ignored, except --steps, which moves where it ends and its lr schedule)")
+                   help="continue an interrupted run from DIR/<size>-cot.pt exactly (its saved flags are "
+                        "used; flags given now are ignored, except --steps, which moves where it ends and "
+                        "its lr schedule)")
     add_run_flags(p, "seed for sampling and problem order")
     return p.parse_args(argv)
 
@@ -109,13 +128,15 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.samples < 2:
         raise UsageError(f"--samples must be >= 2 for a baseline, got {args.samples}")
-    config = RLConfig(steps=args.steps or RLConfig().steps, prompts_per_step=args.prompts, samples_per_prompt=args.samples, lr=args.lr,
+    config = RLConfig(steps=args.steps or RLConfig().steps, prompts_per_step=args.prompts,
+                      samples_per_prompt=args.samples, lr=args.lr,
                       beta1=args.beta1, beta2=args.beta2, lr_schedule=args.lr_schedule,
                       temperature=args.temperature, top_k=args.top_k, baseline=args.baseline, kl_coef=args.kl,
                       entropy_coef=args.entropy, kl_log_samples=args.kl_log_samples,
                       kl_log_every=args.kl_log_every, curriculum=args.curriculum,
                       paraphrase_prob=args.paraphrase_prob,
-                      eval_every=args.eval_every, seed=args.seed, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+                      eval_every=args.eval_every, seed=args.seed, weight_decay=args.weight_decay,
+                      grad_clip=args.grad_clip,
                       max_new_tokens=args.max_new_tokens, warmup_steps=args.warmup_steps,
                       paraphraser=args.paraphraser, paraphrase_from_end=args.paraphrase_from_end,
                       eval_problems=args.eval_problems,
@@ -125,12 +146,14 @@ def main(argv=None) -> None:
     # what this run reads must exist before anything is created (a mistyped --ckpt-dir leaves no empty folder)
     if args.resume and not out_path.exists():
         raise UsageError(f"nothing to resume: {out_path} not found")
-    candidates = {"warmup": [folder / f"{args.size}-warmup.pt"], "pretrain": [folder / f"{args.size}-pretrain.pt"],
+    candidates = {"warmup": [folder / f"{args.size}-warmup.pt"],
+                  "pretrain": [folder / f"{args.size}-pretrain.pt"],
                   "auto": [folder / f"{args.size}-warmup.pt", folder / f"{args.size}-pretrain.pt"]}[args.init]
     source = next((c for c in candidates if c.exists()), None)
     if not args.resume and source is None:
         raise UsageError(f"no starting checkpoint: {' or '.join(map(str, candidates))} not found; run "
-                         f"`python train_sft.py --size {args.size} --stage pretrain` (and --stage warmup) first")
+                         f"`python train_sft.py --size {args.size} --stage pretrain` (and --stage warmup) "
+                         "first")
     device, _ = setup_run(args)
     vocab = Tokenizer().vocab
 
@@ -148,21 +171,25 @@ def main(argv=None) -> None:
 
     task = ModularAddition(from_dict(TaskConfig, start["task_config"]))
     model = build_model(saved, device)
-    reference = build_model(start, device).eval()  # frozen start policy: the KL penalty (if on) and the KL log
+    # the frozen start policy: the KL penalty (if on) and the KL log
+    reference = build_model(start, device).eval()
     reference.requires_grad_(False)
 
     def payload(record: dict, trainer_state: dict | None) -> dict:
-        out = {k: v for k, v in start.items() if k not in ("state_dict", "record", "history", "stage", "step")}
-        out.update(stage="cot", step=len(record["steps"]), start=start, rl_config=to_dict(config), record=record,
-                   state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        out = {k: v for k, v in start.items()
+               if k not in ("state_dict", "record", "history", "stage", "step")}
+        out.update(stage="cot", step=len(record["steps"]), start=start, rl_config=to_dict(config),
+                   record=record, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
                    seconds=record["seconds"], flops=record.get("flops", 0.0),
-                   history=start["history"] + [{"stage": "cot", "steps": len(record["steps"]), "seconds": record["seconds"],
+                   history=start["history"] + [{"stage": "cot", "steps": len(record["steps"]),
+                                                "seconds": record["seconds"],
                                                 "flops": record.get("flops", 0.0)}])
         if trainer_state is not None:
             out["rl_state"] = copy.deepcopy(trainer_state)
         return out
 
-    saves = ResumableSaves(out_path, f"python train_rl.py --size {args.size} --ckpt-dir {args.ckpt_dir} --resume")
+    saves = ResumableSaves(out_path, f"python train_rl.py --size {args.size} --ckpt-dir {args.ckpt_dir} "
+                           "--resume")
     with saves.reporting_interrupts():
         record = train_rl(model, task, config, reference, resume=resume, save_every=args.save_every,
                           save=lambda rec, state: saves.save(payload(rec, state), len(rec["steps"])))
@@ -171,9 +198,10 @@ def main(argv=None) -> None:
     checkpoint.save(out_path, final)
     plot_rl(record, out_path.with_suffix(".png"), f"{args.size} REINFORCE")
     first, last = record["eval"][0], record["eval"][-1]
-    print(f"{out_path}: held-out greedy accuracy {first['test_accuracy']:.3f} -> {last['test_accuracy']:.3f}, "
-          f"pass@1 {last['pass@1']:.3f}, {config.steps} steps in {record['seconds']:.0f}s "
-          f"(sampling {record['seconds_sampling']:.0f}s, learning {record['seconds_learning']:.0f}s)")
+    print(f"{out_path}: held-out greedy accuracy {first['test_accuracy']:.3f} -> "
+          f"{last['test_accuracy']:.3f}, pass@1 {last['pass@1']:.3f}, {config.steps} steps in "
+          f"{record['seconds']:.0f}s (sampling {record['seconds_sampling']:.0f}s, learning "
+          f"{record['seconds_learning']:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# One call on a lent GPU (the device tool runs this from the repository root; nothing is installed there):
+# One run on a CUDA machine, from the repository root (nothing needs installing: PYTHONPATH is set below):
 #   1. the device, then the tests that touch CUDA (tests/test_cuda.py) and the model/sampling tests;
 #   2. per-step cost of every stage, uncontended, with CUDA graphs and without (bench/gpu_steps.sh);
 #   3. the whole default pipeline with --device cuda, with each stage's wall time;
 #   4. the per-step costs again with --no-cuda-graphs;
 #   5. if AFTER is set, that command, with $LEFT seconds left (e.g. a research sweep: bench/shape_sweep.py).
 # With BENCH=1, after the tests: bench/run.py on the device with the torch.compile and bf16-autocast variants.
-# Results land in $OUT (the device tool brings back at most 8 files).
+# Results land in $OUT (a handful of files).
 #     bash bench/gpu_check.sh
 #     DEVICE=cpu QUICK=--quick STEPS=0 bash bench/gpu_check.sh    # a dry run of the script itself
 set -u

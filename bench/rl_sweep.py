@@ -1,5 +1,6 @@
 """Research sweep (not part of the package): which REINFORCE recipe takes the small model from a partial CoT
-warm-up to the large model's accuracy, on every seed, within the CPU budget? (issue 3, docs/LOG.md session 9)
+warm-up to the large model's accuracy, on every seed, within the CPU budget? (the REINFORCE gap; docs/LOG.md,
+2026-11-27)
 
 Each job runs the real scripts, one thread each: `train_sft.py --stage warmup --stop-accuracy A` from a
 pretrained small checkpoint (once per threshold and seed, shared by the configs), then `train_rl.py` with the
@@ -7,7 +8,7 @@ config's flags. One JSON line per job: held-out greedy accuracy at every RL eval
 warm-up stopped, and at the end (`reading`) accuracy on 500 test problems and on the same problems after each
 paraphraser rewrites the model's own right, checkable traces (as `evaluate.py` measures it). A job still
 running at --deadline is stopped; its last saved state is reported and read (`steps_done` says where).
-    python bench/rl_sweep.py --pretrained /tmp/i3e --configs base,t1 --seeds 0,1,2 --workers 2
+    python bench/rl_sweep.py --pretrained /tmp/pretrained --configs base,t1 --seeds 0,1,2 --workers 2
 (--pretrained holds seed-S/small-pretrain.pt, and seed-S/small-warmup.pt to reuse a warm-up stopped at
 --given-threshold; missing pretrained checkpoints are made first.)
 """
@@ -22,23 +23,22 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from nanocot import checkpoint, faithfulness
+from nanocot.checkpoint import build_model
+from nanocot.cli import Parser, first_paragraph, positive_float, positive_int, probability, seed_list
+from nanocot.config import TaskConfig, from_dict
+from nanocot.metrics import cot_completions
+from nanocot.monitor import check
+from nanocot.paraphrase import PARAPHRASERS
+from nanocot.task import COT, ModularAddition, parse_answer
+from nanocot.tokenizer import Tokenizer
+from nanocot.trace import parse_trace
 
-from nanocot import checkpoint, faithfulness  # noqa: E402
-from nanocot.cli import Parser, first_paragraph, positive_float, positive_int, probability, seed_list  # noqa: E402
-from nanocot.config import TaskConfig, from_dict  # noqa: E402
-from nanocot.metrics import cot_completions  # noqa: E402
-from nanocot.monitor import check  # noqa: E402
-from nanocot.paraphrase import PARAPHRASERS  # noqa: E402
-from nanocot.sft import build_model  # noqa: E402
-from nanocot.task import COT, ModularAddition, parse_answer  # noqa: E402
-from nanocot.tokenizer import Tokenizer  # noqa: E402
-from nanocot.trace import parse_trace  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent  # the scripts it runs live here
 
-WARMUP_EVAL_EVERY = 25  # the warm-up's default; session 9's first sweep reused session 8's warm-ups (every 50)
-# session 3's REINFORCE defaults, which the configs below start from (the defaults are now "default")
+WARMUP_EVAL_EVERY = 25  # the warm-up's default, so a sweep's warm-up stops where the pipeline's would
+# the first REINFORCE recipe that learned (docs/LOG.md, 2026-11-26), which the configs below start from;
+# "default" is RLConfig's own
 S3 = ["--lr", "1e-4", "--temperature", "0.5", "--lr-schedule", "constant", "--warmup-steps", "0"]
 CONFIGS = {  # name: (warm-up stop threshold, train_rl.py flags); later flags win
     "default": (0.7, []),
@@ -50,9 +50,9 @@ CONFIGS = {  # name: (warm-up stop threshold, train_rl.py flags); later flags wi
     "t1": (0.6, S3 + ["--lr", "2e-4", "--temperature", "1.0"]),
     "g16": (0.6, S3 + ["--lr", "2e-4", "--prompts", "16", "--samples", "16"]),
     "s75w": (0.75, S3 + ["--lr", "2e-4", "--warmup-steps", "200"]),
-    # session 10: how much paraphrase in the loop keeps number words read (seed 1 read them at 90.7% with p 0.1)
-    "p1": (0.7, ["--paraphrase-prob", "0.1"]),  # session 9's default
-    "p15": (0.7, ["--paraphrase-prob", "0.15"]),
+    # how much paraphrase in the loop keeps number words read (docs/LOG.md, 2026-11-27)
+    "p1": (0.7, ["--paraphrase-prob", "0.1"]),
+    "p15": (0.7, ["--paraphrase-prob", "0.15"]),  # RLConfig's default
     "p2": (0.7, ["--paraphrase-prob", "0.2"]),
     "words2": (0.7, ["--paraphraser", "reword,words,words"]),  # number words drawn 2 times in 3
 }
@@ -69,7 +69,8 @@ def run(args: list[str], log: Path, deadline: float) -> int:
             return process.wait()
 
 
-def warmup(work: Path, pretrained: Path, threshold: float, seed: int, device: str, deadline: float, given: float) -> Path:
+def warmup(work: Path, pretrained: Path, threshold: float, seed: int, device: str, deadline: float,
+           given: float) -> Path:
     """The warm-up stopped at `threshold`: --pretrained's own if it was stopped there (`given`), else made."""
     folder = work / f"warm-{threshold}" / f"seed-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,12 +79,13 @@ def warmup(work: Path, pretrained: Path, threshold: float, seed: int, device: st
         shutil.copy(source / "small-warmup.pt", folder)
     if not (folder / "small-warmup.pt").exists():
         if not (source / "small-pretrain.pt").exists():
-            run(["train_sft.py", "--size", "small", "--stage", "pretrain", "--seed", str(seed), "--threads", "1",
-                 "--device", device, "--ckpt-dir", str(source)], folder / "pretrain.log", deadline)
+            run(["train_sft.py", "--size", "small", "--stage", "pretrain", "--seed", str(seed),
+                 "--threads", "1", "--device", device, "--ckpt-dir", str(source)], folder / "pretrain.log",
+                deadline)
         shutil.copy(source / "small-pretrain.pt", folder)
         run(["train_sft.py", "--size", "small", "--stage", "warmup", "--stop-accuracy", str(threshold),
-             "--eval-every", str(WARMUP_EVAL_EVERY), "--seed", str(seed), "--threads", "1", "--device", device, "--ckpt-dir",
-             str(folder)], folder / "warmup.log", deadline)
+             "--eval-every", str(WARMUP_EVAL_EVERY), "--seed", str(seed), "--threads", "1",
+             "--device", device, "--ckpt-dir", str(folder)], folder / "warmup.log", deadline)
     return folder
 
 
@@ -92,10 +94,11 @@ def job(name: str, seed: int, warm: Path, work: Path, device: str, steps: int, d
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(warm / "small-warmup.pt", folder)
     t0 = time.time()
-    code = run(["train_rl.py", "--seed", str(seed), "--steps", str(steps), "--threads", "1", "--device", device,
-                "--eval-every", "250", "--ckpt-dir", str(folder), *CONFIGS[name][1]], folder / "rl.log", deadline)
-    row = {"config": name, "seed": seed, "flags": CONFIGS[name][1], "threshold": CONFIGS[name][0], "exit": code,
-           "wall_s": round(time.time() - t0, 1)}
+    code = run(["train_rl.py", "--seed", str(seed), "--steps", str(steps), "--threads", "1",
+                "--device", device, "--eval-every", "250", "--ckpt-dir", str(folder), *CONFIGS[name][1]],
+               folder / "rl.log", deadline)
+    row = {"config": name, "seed": seed, "flags": CONFIGS[name][1], "threshold": CONFIGS[name][0],
+           "exit": code, "wall_s": round(time.time() - t0, 1)}
     row["warmup_stopped_at"] = checkpoint.load(folder / "small-warmup.pt")["record"].get("stopped_at")
     if (folder / "small-cot.pt").exists():
         saved = checkpoint.load(folder / "small-cot.pt")
@@ -127,16 +130,21 @@ def parse_args(argv=None):
     p = Parser(description=first_paragraph(__doc__))
     p.add_argument("--pretrained", type=Path, required=True,
                    help="folder of seed-S/small-pretrain.pt (and seed-S/small-warmup.pt to reuse a warm-up)")
-    p.add_argument("--configs", default="base", help=f"comma-separated recipes: {', '.join(CONFIGS)} (default: base)")
+    p.add_argument("--configs", default="base",
+                   help=f"comma-separated recipes: {', '.join(CONFIGS)} (default: base)")
     p.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
     p.add_argument("--steps", type=positive_int, default=2000, help="REINFORCE steps per job (default: 2000)")
-    p.add_argument("--workers", type=positive_int, default=2, help="jobs at once, one thread each (default: 2)")
-    p.add_argument("--deadline", type=positive_float, default=3600, help="seconds from the start for every job (default: 3600)")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="jobs at once, one thread each (default: 2)")
+    p.add_argument("--deadline", type=positive_float, default=3600,
+                   help="seconds from the start for every job (default: 3600)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--given-threshold", type=probability, default=0.6,
-                   help="the threshold --pretrained's small-warmup.pt files were stopped at (session 8's: 0.6)")
-    p.add_argument("--work", type=Path, default=Path("/tmp/rl_sweep"), help="scratch folder (default: /tmp/rl_sweep)")
-    p.add_argument("--out", type=Path, default=Path("rl_sweep.jsonl"), help="JSON lines appended here (default: rl_sweep.jsonl)")
+                   help="the threshold --pretrained's small-warmup.pt files were stopped at (default: 0.6)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/rl_sweep"),
+                   help="scratch folder (default: /tmp/rl_sweep)")
+    p.add_argument("--out", type=Path, default=Path("rl_sweep.jsonl"),
+                   help="JSON lines appended here (default: rl_sweep.jsonl)")
     a = p.parse_args(argv)
     if unknown := [n for n in a.configs.split(",") if n not in CONFIGS]:
         p.error(f"unknown config(s) {unknown}: choose from {', '.join(CONFIGS)}")
@@ -152,8 +160,8 @@ def main(argv=None) -> None:
     with ThreadPoolExecutor(a.workers) as pool:
         warm = {(t, s): pool.submit(warmup, a.work, a.pretrained, t, s, a.device, deadline, a.given_threshold)
                 for t in thresholds for s in seeds}
-        jobs = [pool.submit(lambda n, s: job(n, s, warm[(CONFIGS[n][0], s)].result(), a.work, a.device, a.steps,
-                                             deadline), n, s) for n in names for s in seeds]
+        jobs = [pool.submit(lambda n, s: job(n, s, warm[(CONFIGS[n][0], s)].result(), a.work, a.device,
+                                             a.steps, deadline), n, s) for n in names for s in seeds]
         with open(a.out, "a") as out:
             for future in jobs:
                 row = future.result()

@@ -13,9 +13,10 @@
 - Sampling runs at the RL batch (prompts_per_step * samples_per_prompt) and length (max_new_tokens, capped by
   the context), never stopping early, with the KV cache and with prefix recomputation (the whole prefix
   through the blocks, the unembedding at the last position only: the cache saves the rest); and again at the
-  length of a reference trace (`speedup_at_trace_length`, `trace_tokens`), which is what a trained policy writes.
+  length of a reference trace (`speedup_at_trace_length`, `trace_tokens`), which is what a trained policy
+  writes.
 - `--variants compile,bf16` also times the training step through `torch.compile` and under bf16 autocast
-  (`train.<preset>.variants`): on this project's 2-core CPU neither is faster (docs/LOG.md, session 11).
+  (`train.<preset>.variants`): on this project's 2-core CPU neither is faster (docs/LOG.md, 2026-11-27).
 - transformers' GPT2LMHeadModel with the same layers, heads, width, MLP width, vocabulary and context is
   the outside yardstick (an optional bench-only dependency: `pip install -e .[bench]`); without it the
   ratios are null and the reason is recorded.
@@ -24,26 +25,21 @@
 
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from nanocot import checkpoint  # noqa: E402
-from nanocot.cli import Parser, first_paragraph, positive_int  # noqa: E402
-from nanocot.config import MODEL_PRESETS, SIZES, STAGE_DEFAULTS, TaskConfig, model_config  # noqa: E402
-from nanocot.model import GPT  # noqa: E402
-from nanocot.rl import RLConfig  # noqa: E402
-from nanocot.sampling import generate  # noqa: E402
-from nanocot.task import COT, ModularAddition, completion, prompt  # noqa: E402
-from nanocot.tokenizer import Tokenizer  # noqa: E402
-from nanocot.train import fused_adam, make_optimizer, masked_loss  # noqa: E402
+from nanocot import checkpoint
+from nanocot.cli import Parser, first_paragraph, positive_int
+from nanocot.config import MODEL_PRESETS, SIZES, STAGE_DEFAULTS, TaskConfig, model_config
+from nanocot.model import GPT
+from nanocot.rl import RLConfig
+from nanocot.sampling import generate
+from nanocot.task import COT, ModularAddition, completion, prompt
+from nanocot.tokenizer import Tokenizer
+from nanocot.train import fused_adam, make_optimizer, masked_loss
 
 NEVER = -1  # a stop id no token has: every row samples its whole budget
 
@@ -87,7 +83,8 @@ def train_batch(config, batch_size: int, generator: torch.Generator):
     return x.to(DEVICE), y.to(DEVICE), torch.ones(batch_size, config.block_size, device=DEVICE)
 
 
-def nanocot_train_step(model: GPT, batch, steps: int, forward: torch.nn.Module | None = None, bf16: bool = False):
+def nanocot_train_step(model: GPT, batch, steps: int, forward: torch.nn.Module | None = None,
+                       bf16: bool = False):
     """`steps` steps of exactly the training loop's work (nanocot/train.py). The variants: `forward` runs the
     model inside the loss in its place (a torch.compile wrapper sharing its weights); `bf16` runs the forward
     and the loss under bf16 autocast."""
@@ -113,7 +110,7 @@ def train_variants(config, batch, steps: int, repeats: int, eager_seconds: float
     """The same training step compiled (`torch.compile`, inductor) or under bf16 autocast, as time / the eager
     fp32 step's time: the two speed levers PyTorch offers beyond eager kernels. Measured, not used by the
     training scripts (docs/LOG.md has why). A compiled step's first call compiles the forward and backward:
-    its extra time is `compile_seconds` (~25 s cold on a CPU; inductor's on-disk cache shortens a rerun's)."""
+    its extra time is `compile_seconds` (inductor's on-disk cache shortens a rerun's)."""
     out = {}
     for name in names:
         torch.manual_seed(0)
@@ -151,7 +148,8 @@ def step_breakdown(run) -> dict:
     matmuls = [e for e in events if e.key in MATMULS]
     matmul_time = sum(e.self_cpu_time_total for e in matmuls)
     attention_time = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
-    return {"matmul_share": matmul_time / total, "matmul_gflops": sum(e.flops for e in matmuls) / matmul_time / 1e3,
+    return {"matmul_share": matmul_time / total,
+            "matmul_gflops": sum(e.flops for e in matmuls) / matmul_time / 1e3,
             "attention_share": attention_time / total}
 
 
@@ -170,33 +168,36 @@ def rl_prompts(tok: Tokenizer, n: int) -> tuple[list[list[int]], int]:
 def sampling_seconds(model: GPT, prompts: list[list[int]], budget: int, repeats: int) -> dict:
     """Median seconds to sample `budget` tokens for every prompt, with the KV cache and by recomputation."""
     generator = torch.Generator(device=DEVICE).manual_seed(0)
-    return {use_cache: median_seconds(lambda c=use_cache: generate(model, prompts, budget, NEVER, generator=generator,
-                                                                 use_cache=c), repeats)
+    return {use_cache: median_seconds(lambda c=use_cache: generate(model, prompts, budget, NEVER,
+                                                                 generator=generator, use_cache=c), repeats)
             for use_cache in (True, False)}
 
 
-def bench_sampling(model: GPT, prompts: list[list[int]], budget: int, trace_tokens: int, repeats: int) -> dict:
+def bench_sampling(model: GPT, prompts: list[list[int]], budget: int, trace_tokens: int,
+                   repeats: int) -> dict:
     """At the RL budget (`speedup`, the headline), and at a reference trace's length, where the cache has
     fewer positions to save (recomputation costs grow with the square of the length, the cache's linearly)."""
     new_tokens = min(budget, model.config.block_size - len(prompts[0]))
     seconds = sampling_seconds(model, prompts, budget, repeats)
     out = {"kv_tokens_per_s": len(prompts) * new_tokens / seconds[True], "kv_seconds": seconds[True],
-           "recompute_tokens_per_s": len(prompts) * new_tokens / seconds[False], "recompute_seconds": seconds[False],
-           "speedup": seconds[False] / seconds[True]}
+           "recompute_tokens_per_s": len(prompts) * new_tokens / seconds[False],
+           "recompute_seconds": seconds[False], "speedup": seconds[False] / seconds[True]}
     at_trace = sampling_seconds(model, prompts, trace_tokens, repeats)
-    out.update(batch=len(prompts), new_tokens=new_tokens, prompt_tokens=len(prompts[0]), trace_tokens=trace_tokens,
-               speedup_at_trace_length=at_trace[False] / at_trace[True])
+    out.update(batch=len(prompts), new_tokens=new_tokens, prompt_tokens=len(prompts[0]),
+               trace_tokens=trace_tokens, speedup_at_trace_length=at_trace[False] / at_trace[True])
     return out
 
 
 def bench_transformers(config, batch, prompts: list[list[int]], budget: int, steps: int, repeats: int,
                        train_s: float, kv_s: float) -> dict:
-    """The same step and generation by transformers' GPT-2 at our config; ratios are nanocot / transformers."""
+    """The same step and generation by transformers' GPT-2 at our config; ratios are nanocot /
+    transformers."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.d_model,
-                           n_layer=config.n_layer, n_head=config.n_head, n_inner=config.d_mlp, resid_pdrop=0.0,
-                           embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+                           n_layer=config.n_layer, n_head=config.n_head, n_inner=config.d_mlp,
+                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
+                           bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(hf_config).to(DEVICE).train()
     # the same optimizer as nanocot's step (fused AdamW where torch has it), so the ratio compares the models
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), fused=fused_adam(model))
@@ -244,18 +245,23 @@ def parse_args(argv=None):
     p.add_argument("--out", default="bench.json", help="where to write the JSON (default: bench.json in cwd)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per measurement; the median is kept (default: 3)")
-    p.add_argument("--presets", default="small,large", help="comma-separated model presets (default: small,large)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed runs per measurement; the median is kept (default: 3)")
+    p.add_argument("--presets", default="small,large",
+                   help="comma-separated model presets (default: small,large)")
     p.add_argument("--ckpt-dir", help="read per-stage wall times from the checkpoints in this folder")
     p.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
-    p.add_argument("--variants", default="", help=f"comma-separated training-step variants to time against the eager "
-                   f"step: {', '.join(VARIANTS)} (default: none; compiling takes ~25 s per preset on a CPU)")
-    p.add_argument("--quick", action="store_true", help="small sizes and one repeat: a smoke test, not a measurement")
+    p.add_argument("--variants", default="", help="comma-separated training-step variants to time against "
+                   f"the eager step: {', '.join(VARIANTS)} (default: none; compiling takes ~25 s per preset "
+                   "on a CPU)")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and one repeat: a smoke test, not a measurement")
     args = p.parse_args(argv)
     # a usage mistake is one line and exit code 2 (Parser.error), never a traceback
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         p.error(f"device {args.device!r} is not available here: use cpu or cuda")
-    args.presets, args.variants = [s for s in args.presets.split(",") if s], [v for v in args.variants.split(",") if v]
+    args.presets, args.variants = ([s for s in args.presets.split(",") if s],
+                                   [v for v in args.variants.split(",") if v])
     if unknown := [s for s in args.presets if s not in MODEL_PRESETS]:
         p.error(f"unknown preset(s) {unknown}: choose from {', '.join(SIZES)}")
     if unknown := [v for v in args.variants if v not in VARIANTS]:
@@ -271,12 +277,14 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     rl = RLConfig()
-    batch_n, budget, steps = (8, 8, 2) if args.quick else (rl.prompts_per_step * rl.samples_per_prompt, rl.max_new_tokens, 10)
+    batch_n, budget, steps = ((8, 8, 2) if args.quick
+                              else (rl.prompts_per_step * rl.samples_per_prompt, rl.max_new_tokens, 10))
     tok = Tokenizer()
     prompts, trace_tokens = rl_prompts(tok, batch_n)
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
-    result = {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__, "quick": args.quick,
-              "repeats": repeats, "matmul_gflops": matmul_gflops(256 if args.quick else 2048, repeats),
+    result = {"device": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "quick": args.quick, "repeats": repeats,
+              "matmul_gflops": matmul_gflops(256 if args.quick else 2048, repeats),
               "train": {}, "sampling": {}, "vs_transformers": {}, "stages": None}
     result["transformers"] = None  # its version when the comparison runs
     skip = "skipped (--no-transformers)" if args.no_transformers else None
@@ -297,18 +305,21 @@ def main(argv=None) -> dict:
         train_s = median_seconds(train_run, repeats)
         tokens_per_s = steps * batch_size * config.block_size / train_s
         gflops = tokens_per_s * model.flops_per_token(config.block_size) / 1e9
-        result["train"][size] = {"params": model.num_params(), "batch": batch_size, "seq_len": config.block_size,
-                                 "tokens_per_s": tokens_per_s, "gflops": gflops,
-                                 "fraction_of_ceiling": gflops / result["matmul_gflops"], "step_seconds": train_s / steps,
+        result["train"][size] = {"params": model.num_params(), "batch": batch_size,
+                                 "seq_len": config.block_size, "tokens_per_s": tokens_per_s, "gflops": gflops,
+                                 "fraction_of_ceiling": gflops / result["matmul_gflops"],
+                                 "step_seconds": train_s / steps,
                                  "breakdown": step_breakdown(train_run) if DEVICE.type == "cpu" else None,
-                                 "variants": train_variants(config, batch, steps, repeats, train_s, args.variants)}
+                                 "variants": train_variants(config, batch, steps, repeats, train_s,
+                                                            args.variants)}
         model.eval()
         result["sampling"][size] = bench_sampling(model, prompts, budget, trace_tokens, repeats)
         if skip:
             result["vs_transformers"][size] = {"train_step_ratio": None, "generate_ratio": None, "note": skip}
         else:
-            result["vs_transformers"][size] = bench_transformers(config, batch, prompts, budget, steps, repeats, train_s,
-                                                                 result["sampling"][size]["kv_seconds"])
+            result["vs_transformers"][size] = bench_transformers(
+                config, batch, prompts, budget, steps, repeats, train_s,
+                result["sampling"][size]["kv_seconds"])
     if args.ckpt_dir:
         result["stages"] = stage_seconds(Path(args.ckpt_dir))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -319,31 +330,36 @@ def main(argv=None) -> dict:
 
 
 def print_table(r: dict) -> None:
-    print(f"fp32 matmul ceiling: {r['matmul_gflops']:.1f} GFLOP/s on {r['device']} ({r['threads']} threads, torch {r['torch']})")
+    print(f"fp32 matmul ceiling: {r['matmul_gflops']:.1f} GFLOP/s on {r['device']} ({r['threads']} threads, "
+          f"torch {r['torch']})")
     print(f"{'preset':8} {'params':>8} {'train tok/s':>12} {'GFLOP/s':>8} {'of ceil':>8} {'kv tok/s':>10} "
           f"{'recomp tok/s':>12} {'kv x':>6} {'train/HF':>9} {'gen/HF':>7}")
     for size, t in r["train"].items():
         s, h = r["sampling"][size], r["vs_transformers"][size]
         ratio = lambda v: f"{v:.2f}" if v is not None else "n/a"
-        print(f"{size:8} {t['params']:>8,} {t['tokens_per_s']:>12,.0f} {t['gflops']:>8.2f} {t['fraction_of_ceiling']:>8.1%} "
-              f"{s['kv_tokens_per_s']:>10,.0f} {s['recompute_tokens_per_s']:>12,.0f} {s['speedup']:>6.1f} "
-              f"{ratio(h['train_step_ratio']):>9} {ratio(h['generate_ratio']):>7}")
+        print(f"{size:8} {t['params']:>8,} {t['tokens_per_s']:>12,.0f} {t['gflops']:>8.2f} "
+              f"{t['fraction_of_ceiling']:>8.1%} {s['kv_tokens_per_s']:>10,.0f} "
+              f"{s['recompute_tokens_per_s']:>12,.0f} {s['speedup']:>6.1f} {ratio(h['train_step_ratio']):>9} "
+              f"{ratio(h['generate_ratio']):>7}")
     for size, s in r["sampling"].items():
-        print(f"  {size} sampling: the KV cache {s['speedup']:.1f}x faster at {s['new_tokens']} new tokens (the RL budget), "
-              f"{s['speedup_at_trace_length']:.1f}x at a reference trace's {s['trace_tokens']}")
+        print(f"  {size} sampling: the KV cache {s['speedup']:.1f}x faster at {s['new_tokens']} new tokens "
+              f"(the RL budget), {s['speedup_at_trace_length']:.1f}x at a reference trace's "
+              f"{s['trace_tokens']}")
     for size, t in r["train"].items():
         if t.get("breakdown"):
             b = t["breakdown"]
-            print(f"  {size} step (profiled): matmuls {b['matmul_share']:.0%} of the time at {b['matmul_gflops']:.0f} GFLOP/s "
-                  f"({b['matmul_gflops'] / r['matmul_gflops']:.0%} of the ceiling), attention {b['attention_share']:.0%}; "
-                  f"with every other op free: {t['fraction_of_ceiling'] / b['matmul_share']:.0%} of the ceiling")
+            print(f"  {size} step (profiled): matmuls {b['matmul_share']:.0%} of the time at "
+                  f"{b['matmul_gflops']:.0f} GFLOP/s ({b['matmul_gflops'] / r['matmul_gflops']:.0%} of the "
+                  f"ceiling), attention {b['attention_share']:.0%}; with every other op free: "
+                  f"{t['fraction_of_ceiling'] / b['matmul_share']:.0%} of the ceiling")
     for size, t in r["train"].items():
         for name, v in t.get("variants", {}).items():
             extra = f" after a {v['compile_seconds']:.0f} s compile" if "compile_seconds" in v else ""
             print(f"  {size} step with {name}: {v['step_ratio']:.2f}x the eager fp32 step's time{extra}")
     if r["stages"]:
         for name, stage in r["stages"].items():
-            print(f"  stage {name}: " + (f"{stage['seconds']:.1f} s, {stage['steps']} steps" if "seconds" in stage else stage["error"]))
+            print(f"  stage {name}: " + (f"{stage['seconds']:.1f} s, {stage['steps']} steps"
+                                         if "seconds" in stage else stage["error"]))
 
 
 if __name__ == "__main__":

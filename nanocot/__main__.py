@@ -31,24 +31,26 @@ from nanocot.pipeline import StageFailed, banner, run_seed, seeds_report, summar
 def parse_args(argv=None):
     p = Parser(prog="python -m nanocot", description=first_paragraph(__doc__))
     p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints (default: out)")
-    p.add_argument("--out", default="out/eval", help="folder for the report, plots and metrics.json "
-                   "(default: out/eval)")
+    p.add_argument("--out", default="out/eval",
+                   help="folder for the report, plots and metrics.json (default: out/eval)")
     p.add_argument("--seeds", type=seed_list, default="0", help="comma-separated seeds; several run the "
                    "experiment once per seed into DIR/seed-S and summarise (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps "
-                   "(default: auto)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 = torch's choice "
-                   "(default: 0)")
-    p.add_argument("--small", choices=SIZES, default="small", help="preset of the small model (default: small)")
-    p.add_argument("--large", choices=SIZES, default="large", help="preset of the large model (default: large)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch; 0 = torch's choice (default: 0)")
+    p.add_argument("--small", choices=SIZES, default="small",
+                   help="preset of the small model (default: small)")
+    p.add_argument("--large", choices=SIZES, default="large",
+                   help="preset of the large model (default: large)")
     p.add_argument("--jobs", type=int, default=0, help="stages run side by side, each with its share of the "
                    "CPU threads and its output in DIR/logs/; 1 = one stage at a time, output on the "
                    "terminal; 0 = 2 on a CPU (the large and the small model's chains), 3 on CUDA "
                    "(default: 0)")
     add_graph_flag(p)
     p.add_argument("--force", action="store_true", help="redo every stage even if its checkpoint exists")
-    p.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing, numbers "
-                   "mean nothing")
+    p.add_argument("--quick", action="store_true",
+                   help="a few steps per stage: checks the plumbing, numbers mean nothing")
     return p.parse_args(argv)
 
 
@@ -72,8 +74,8 @@ def main(argv=None) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if many:
             banner(f"seed {seed}")
-        timings[seed] = run_seed(seed, ckpt_dir, out_dir, common, args.small, args.large, args.quick, args.force,
-                                 jobs)
+        timings[seed] = run_seed(seed, ckpt_dir, out_dir, common, args.small, args.large, args.quick,
+                                 args.force, jobs)
         per_seed[seed] = json.loads((out_dir / "metrics.json").read_text())
     total = time.perf_counter() - start
     banner(f"done in {total:.0f} s")

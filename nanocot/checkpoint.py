@@ -78,12 +78,14 @@ def describe_mismatch(key: str, got, want) -> str:
     entry of a vocabulary, or the two values."""
     if isinstance(got, dict) and isinstance(want, dict):
         fields = sorted(set(got) | set(want), key=str)
-        diffs = [f"{k}={got.get(k, '<missing>')!r} (expected {want.get(k, '<missing>')!r})" for k in fields if got.get(k) != want.get(k)]
+        diffs = [f"{k}={got.get(k, '<missing>')!r} (expected {want.get(k, '<missing>')!r})"
+                 for k in fields if got.get(k) != want.get(k)]
         return f"{key} differs: " + ", ".join(diffs)
     if isinstance(got, list) and isinstance(want, list):
         i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
         at = lambda xs: repr(xs[i]) if i < len(xs) else "<end>"
-        return f"{key} differs: {len(got)} entries vs {len(want)} expected, first difference at {i}: {at(got)} vs {at(want)}"
+        return (f"{key} differs: {len(got)} entries vs {len(want)} expected, first difference at {i}: "
+                f"{at(got)} vs {at(want)}")
     return f"{key}={got!r}, expected {want!r}"
 
 
@@ -91,7 +93,8 @@ def unfinished(payload: dict) -> str | None:
     """Why a payload is a run in progress rather than a trained model, or None if it is finished."""
     for key in ("train_state", "rl_state"):
         if key in payload:
-            return f"an unfinished {payload.get('stage', '?')} run (step {payload.get('step', '?')}), resumable with --resume"
+            return (f"an unfinished {payload.get('stage', '?')} run (step {payload.get('step', '?')}), "
+                    "resumable with --resume")
     return None
 
 

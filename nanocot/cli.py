@@ -78,7 +78,8 @@ def nonnegative_int(text: str) -> int:
 
 
 def nonnegative_float(text: str) -> float:
-    """For coefficients where 0 means off (KL, entropy, weight decay): finite and >= 0, so nan/inf are refused."""
+    """For coefficients where 0 means off (KL, entropy, weight decay): finite and >= 0, so nan/inf are
+    refused."""
     return _checked(text, float, lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0")
 
 
@@ -92,7 +93,8 @@ def paraphraser_names(text: str) -> str:
 
 
 def seed_list(text: str) -> list[int]:
-    """'0,1,2' -> [0, 1, 2]: distinct non-negative whole numbers (--seeds of the pipeline and of the sweeps)."""
+    """'0,1,2' -> [0, 1, 2]: distinct non-negative whole numbers (--seeds of the pipeline and of the
+    sweeps)."""
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -110,8 +112,8 @@ def seed_int(text: str) -> int:
 def add_run_flags(p: argparse.ArgumentParser, seed_help: str) -> None:
     """The flags every training script shares: seed, device, threads, checkpoint folder."""
     p.add_argument("--seed", type=seed_int, default=0, help=f"{seed_help} (default: 0)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps "
-                   "(default: auto)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints and plots (default: out)")
     add_graph_flag(p)
@@ -152,7 +154,8 @@ def pick_device(name: str) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name != "cpu" and name != "mps" and not name.startswith("cuda"):  # torch also knows meta, xla, ...: not ours
+    # torch also knows meta, xla, ...: not ours
+    if name != "cpu" and name != "mps" and not name.startswith("cuda"):
         raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} requested but CUDA is not available")
@@ -189,8 +192,8 @@ class ResumableSaves:
 
     @contextmanager
     def reporting_interrupts(self):
-        """Inside the block, Ctrl-C (or SIGTERM) exits 130 naming the last saved step and the resume command; if
-        this run saved nothing, the interrupt goes on to run_cli, which says nothing was written."""
+        """Inside the block, Ctrl-C (or SIGTERM) exits 130 naming the last saved step and the resume command;
+        if this run saved nothing, the interrupt goes on to run_cli, which says nothing was written."""
         try:
             yield
         except KeyboardInterrupt:

@@ -1,9 +1,9 @@
 """Every knob of nanocot, as dataclasses with named presets, in one place.
 
 - `ModelConfig` presets `tiny` (tests), `small` (1 layer, 1 attention head) and `large` (2 layers, 4 heads).
-  The two-layer model learned the direct answer on every seed measured. A one-layer model with 4 heads escaped
-  its direct-SFT plateau on ~1 run in 3 (docs/LOG.md, sessions 4 and 8); with one head it stayed at chance on
-  12 of 12 seeds while still learning the step-by-step trace (session 8).
+  The two-layer model learned the direct answer on every seed measured. A one-layer model with 4 heads
+  escaped its direct-SFT plateau on ~1 run in 3; with one head it stayed at chance on 12 of 12 seeds while
+  still learning the step-by-step trace (docs/LOG.md, 2026-11-26 and 2026-11-27).
 - `TaskConfig` is the modular-addition task; its defaults are the measured choice of docs/LOG.md.
 - `CorpusConfig` is the toy pretraining text.
 - `TrainConfig` holds the optimiser, schedule and (for warm-up/direct) the stage's operand-count mix;
@@ -29,12 +29,12 @@ class ModelConfig:
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(n_layer=1, n_head=2, d_model=32, d_mlp=64),
     # one head: its attention output at "=" is a single average over the prompt, so the four operands and the
-    # modulus cannot be routed apart into one forward pass's sum; a trace step needs only two numbers. With 4
-    # heads the direct answer escaped its plateau on 4 of 13 seeds (session 4) and on seed 0 here; 2 heads and
-    # MLP 32 escaped on seed 0 too; 1 head: 12 of 12 seeds at chance after 10,000 steps (docs/LOG.md, session 8)
+    # modulus cannot be routed apart into one forward pass's sum; a trace step needs only two numbers. With 2
+    # or 4 heads the direct answer escaped its plateau on some seeds, with 1 on none (docs/LOG.md, 2026-11-26
+    # and 2026-11-27)
     "small": ModelConfig(n_layer=1, n_head=1, d_model=64, d_mlp=64),
-    # two layers: the depth contrast. 1 layer with MLP 512 learned the direct answer on 1 of 3 seeds; 2 layers
-    # on seeds 0 and 1 too (98.2%, 99.3%), where the one-layer small model stays at chance (docs/LOG.md)
+    # two layers: the depth contrast. They learned the direct answer on seeds where a wider one-layer model
+    # did not, and the one-layer small model stays at chance (docs/LOG.md, 2026-11-26)
     "large": ModelConfig(n_layer=2, n_head=4, d_model=64, d_mlp=256),
 }
 
@@ -45,7 +45,7 @@ class TaskConfig:
 
     In distribution every operand lies in [0, m) and m in [min_modulus, max_modulus] minus the held-out
     moduli. Training mixes in easier problems (fewer operands) because pure k=4 direct SFT sits on a
-    loss plateau (CALIBRATION.md run 2); held-out accuracy is always measured on k = num_operands.
+    loss plateau (docs/LOG.md, 2026-11-26); held-out accuracy is always measured on k = num_operands.
     """
 
     num_operands: int = 4
@@ -53,8 +53,8 @@ class TaskConfig:
     min_modulus: int = 10
     max_modulus: int = 29
     max_operand: int = 0  # operands lie in [0, max_operand); 0 = in [0, m), the residues of the modulus
-    # write the modulus before the operands ("%21 8+7+12+5=") instead of after ("8+7+12+5%21="): a causal model
-    # then knows m at every operand, so a second layer can reduce each operand before the first adds them
+    # write the modulus before the operands ("%21 8+7+12+5=") instead of after ("8+7+12+5%21="): a causal
+    # model then knows m at every operand, so a second layer can reduce each one before the first adds them
     modulus_first: bool = False
     heldout_moduli: tuple[int, ...] = (17, 23)  # never trained on: the "unseen moduli" OOD split
     easier_fraction: float = 0.5  # share of each training batch drawn with k in [min_operands, num_operands)
@@ -91,44 +91,38 @@ class TrainConfig:
     # paraphrasers (comma-separated names from nanocot/paraphrase.py)
     paraphrase_fraction: float = 0.0
     read_paraphrasers: str = "reword,words"
-    # of those, the share whose paraphrase runs from the last step back (paraphrase.paraphrase_body's from_end): number
-    # words rarely fit a whole trace, and from the front they leave the last step, whose value the answer repeats, in
-    # digits, so a reader never has to turn a spelled value into the answer
+    # of those, the share whose paraphrase runs from the last step back (paraphrase.paraphrase_body's
+    # from_end): number words rarely fit a whole trace, and from the front they leave the last step, whose
+    # value the answer repeats, in digits, so a reader never has to turn a spelled value into the answer
     read_from_end: float = 0.0
-    # direct/warmup: stop at the first evaluation whose accuracy on 300 training-split problems reaches this (0 = run
-    # every step), e.g. a warm-up that leaves REINFORCE a known gap whichever step chaining happens to appear at
+    # direct/warmup: stop at the first evaluation whose accuracy on 300 training-split problems reaches this
+    # (0 = run every step), e.g. a warm-up that leaves REINFORCE a known gap whenever chaining appears
     stop_accuracy: float = 0.0
-    # with stop_accuracy: end at the evaluation before the first one reaching it when that one was nearer the threshold
-    # (train._roll_back). Off by default: it kept seed 5's warm-up from overshooting to 89% (REINFORCE +31.7 points
-    # instead of +9.3), but moved seeds 0 and 2 lower too, and seed 0's REINFORCE then took 238 s in the pipeline
-    # instead of 224 s and ended at 97.6% instead of 98.3% (docs/LOG.md, session 10)
+    # with stop_accuracy: end at the evaluation before the first one reaching it when that one was nearer the
+    # threshold (sft.AccuracyStop). Off by default: it keeps a warm-up from overshooting, but also moves other
+    # seeds' starts lower, and on seed 0 REINFORCE then ran longer to a lower end (docs/LOG.md, 2026-11-27)
     stop_nearest: bool = False
 
 
 STAGES = ("pretrain", "direct", "warmup")
 
 STAGE_DEFAULTS: dict[str, TrainConfig] = {
-    # 3,000 steps: after 500 the small model's one-step arithmetic was still weak (a CoT warm-up of 1,200 x 128
-    # reached 25%); after 3,000 (loss ~0.85) a warm-up of 400 x 128 reached 47% and 800 x 128 97% (docs/LOG.md)
+    # 3,000 steps: the CoT warm-up needs the one-step arithmetic pretraining teaches, and 500 steps left it
+    # too weak for a warm-up to build on (docs/LOG.md, 2026-11-26)
     "pretrain": TrainConfig(steps=3000, batch_size=32, lr=3e-3, eval_every=500),
-    # lr 6e-3: the large model left the direct-SFT plateau in 2 of 2 runs, vs 1 of 3 at 3e-3 (docs/LOG.md). Decayed to
-    # 0, not to 6e-4: at 6e-4 held-out accuracy still jumped by 10 points between evaluations, and one run ended on
-    # such a dip (99% at step 9,500, 88.6% at 10,000); decayed to 0, 100 / 100 / 99.8% on seeds 0-2 (session 4).
+    # lr 6e-3: the large model leaves the direct-SFT plateau more often than at 3e-3. Decayed to 0: with a
+    # floor the accuracy still jumps ~10 points between evaluations, and a run can end on a dip (docs/LOG.md,
+    # 2026-11-26)
     "direct": TrainConfig(steps=10000, batch_size=128, lr=6e-3, min_lr_ratio=0.0, eval_every=500),
-    # CoT warm-up on reference traces of 2..4 operands (the task's mix). Run to the end it takes the model to ~100%,
-    # leaving REINFORCE nothing to do; stopped by steps it lands anywhere, because chaining four steps appears
-    # suddenly (the one-head model sits at ~5% for 400-1,000 steps, then gains 15-40 points per 50 steps). So it
-    # stops at the first evaluation (every 25 steps) where accuracy on training-split problems reaches 70%: held-out
-    # 73.0 / 76.0 / 79.9% on seeds 0-2 (but 89% on seed 5, which jumped from 59.7% to 84.3% in 25 steps: see
-    # stop_nearest; docs/LOG.md, session 10). 2,000 steps is the cap for a seed where chaining never appears (after
-    # 1,000, 3 of 11 seeds were still at 4-17%; session 8).
-    # A fifth of its examples teach *reading* a paraphrased trace (loss on the answer only): without them the model
-    # could not read a reworded trace of its own (reword 16%, words 10% on seed 0); with them 96-99% (session 4).
-    # Half of those are paraphrased from the last step back: from the front, number words (too long to spell a whole
-    # trace) left the answer's value in digits, and after REINFORCE the model read a spelled last step 3-25% of the
-    # time; with half from the end 37-74%, all from the end 46-88% but a spelled *first* step then read worse (session 12)
-    "warmup": TrainConfig(steps=2000, batch_size=128, lr=1e-3, eval_every=25, paraphrase_fraction=0.2, stop_accuracy=0.7,
-                          read_from_end=0.5),
+    # CoT warm-up on reference traces of 2..4 operands (the task's mix), stopped at the first evaluation
+    # (every 25 steps) reaching 70% on training-split problems: run to the end it leaves REINFORCE no gap, and
+    # chaining appears too suddenly to stop by step count; 2,000 steps caps a seed where it never appears
+    # (docs/LOG.md, 2026-11-27). A fifth of its examples teach *reading* a paraphrased trace (loss on the
+    # answer only), without which the model cannot read its own reworded traces (docs/LOG.md, 2026-11-26);
+    # half of those are rewritten from the last step back, so a spelled value must become the answer
+    # (docs/LOG.md, 2026-11-27)
+    "warmup": TrainConfig(steps=2000, batch_size=128, lr=1e-3, eval_every=25, paraphrase_fraction=0.2,
+                          stop_accuracy=0.7, read_from_end=0.5),
 }
 
 

@@ -4,13 +4,13 @@ What a small web-like text teaches before any task training (shares are of all l
 (The held-out moduli of the task never appear as a modulus anywhere in the text.)
 - prose (~30%): short sentences about people, animals and things, some with arithmetic in words
   ("ana has 3 pears and gets 4 more, so she has 7 pears.") and number words ("twelve is 12.");
-- arithmetic facts (~45%): additions "17+25=42", subtractions "27-21=6" (every one a trace needs), modular remainders
-  "27%21=6", running sums without a modulus "3+4=7,7+9=16";
+- arithmetic facts (~45%): additions "17+25=42", subtractions "27-21=6" (every one a trace needs), modular
+  remainders "27%21=6", running sums without a modulus "3+4=7,7+9=16";
 - worked one-step modular problems (~25%) in the task's CoT format, "\\n8+7%12:8+7=15-12=3;3", and its
   direct format "\\n8+7%12=3": the model sees the format and the single step, never a chain of steps;
 - optionally (`worked_fraction`) full worked k-operand traces of *training* problems, the lever that
-  decides how often the pretrained small model already chains steps (CALIBRATION.md run 1: 10% was too
-  much, 0% too little).
+  decides how often the pretrained small model already chains steps (an early calibration run: 10% was
+  too much, 0% too little).
 Every line is preceded by a newline, exactly like every task prompt.
 """
 

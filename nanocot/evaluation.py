@@ -1,4 +1,4 @@
-"""Every measurement of DESIGN.md section 5 on whatever checkpoints exist: the engine behind evaluate.py.
+"""Every measurement of the experiment on whatever checkpoints exist: the engine behind evaluate.py.
 
 - Models are found by file name: `<size>-direct.pt` is `<size>-direct` (answers directly),
   `<size>-cot.pt` and `<size>-warmup.pt` are `<size>-cot` / `<size>-warmup` (write a trace first).
@@ -21,14 +21,20 @@ from tqdm import tqdm
 
 from nanocot import checkpoint, plots
 from nanocot import faithfulness as fa
-from nanocot.cli import UsageError
+from nanocot.checkpoint import build_model
 from nanocot.config import TaskConfig, from_dict
 from nanocot.metrics import cot_completions
 from nanocot.model import GPT
 from nanocot.monitor import check, summarize
 from nanocot.paraphrase import PARAPHRASERS
-from nanocot.probes import attention_maps, by_distance, cot_in_context, direct_answers, linear_probes, symmetry
-from nanocot.sft import build_model
+from nanocot.probes import (
+    attention_maps,
+    by_distance,
+    cot_in_context,
+    direct_answers,
+    linear_probes,
+    symmetry,
+)
 from nanocot.stats import proportion
 from nanocot.task import COT, DIRECT, ModularAddition, Problem, parse_answer, prompt, reference_trace
 from nanocot.tokenizer import Tokenizer
@@ -36,7 +42,8 @@ from nanocot.trace import parse_trace
 
 STAGE_MODES = {"direct": DIRECT, "cot": COT, "warmup": COT}
 MIN_TRACES = 20
-# 'canonical' is the control, not a paraphrase; number words are headlined spelled from the end (see _faithfulness)
+# 'canonical' is the control, not a paraphrase; number words are headlined spelled from the end
+# (see _faithfulness)
 HEADLINE_PARAPHRASERS = ("swap", "reword", "words_from_end")
 
 
@@ -72,18 +79,23 @@ def load_models(folder: Path, device) -> tuple[TaskConfig, list[Entry]]:
         if stage in STAGE_MODES:
             found.append((f"{size}-{stage}", STAGE_MODES[stage], path))
     if not found:
-        raise UsageError(f"no checkpoints named <size>-direct.pt, <size>-cot.pt or <size>-warmup.pt in {folder}")
+        raise ValueError("no checkpoints named <size>-direct.pt, <size>-cot.pt or <size>-warmup.pt in "
+                         f"{folder}")
     vocab, task_cfg, entries = Tokenizer().vocab, None, []
     for name, mode, path in found:
-        payload = checkpoint.load(path, finished=True)  # an interrupted run is refused, not reported as trained
+        # an interrupted run is refused, not reported as trained
+        payload = checkpoint.load(path, finished=True)
         if payload.get("vocab") != vocab:
-            raise UsageError(f"{path} was trained with a different tokenizer vocabulary; it cannot be evaluated here")
+            raise ValueError(f"{path} was trained with a different tokenizer vocabulary; it cannot be "
+                             "evaluated here")
         try:
             cfg = from_dict(TaskConfig, payload["task_config"])
         except (KeyError, TypeError, ValueError):
-            raise UsageError(f"{path} is a checkpoint of another task (its task config does not match nanocot's)") from None
+            raise ValueError(f"{path} is a checkpoint of another task (its task config does not match "
+                             "nanocot's)") from None
         if task_cfg is not None and cfg != task_cfg:
-            raise UsageError(f"{path} was trained on a different task than {entries[0].path}; evaluate them separately")
+            raise ValueError(f"{path} was trained on a different task than {entries[0].path}; evaluate them "
+                             "separately")
         task_cfg = cfg
         entries.append(Entry(name, mode, path, payload, build_model(payload, device).eval()))
     return task_cfg, entries
@@ -93,10 +105,12 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
     """All measurements for all models; returns metrics.json's dict and writes the plots into `out`."""
     task, tok = ModularAddition(task_cfg), Tokenizer(task_cfg.number_format)
     splits = {"test": task.test_set(sizes.test), **task.ood_splits(sizes.ood)}
-    metrics: dict = {"task": {"operands": task_cfg.num_operands, "moduli": [task_cfg.min_modulus, task_cfg.max_modulus],
-                              "heldout_moduli": list(task_cfg.heldout_moduli), "splits": {k: len(v) for k, v in splits.items()}},
-                     "sizes": sizes.__dict__, "models": {}, "faithfulness": {}, "monitor": {}, "black_box": {}, "compute": {},
-                     "samples": {}}
+    metrics: dict = {"task": {"operands": task_cfg.num_operands,
+                              "moduli": [task_cfg.min_modulus, task_cfg.max_modulus],
+                              "heldout_moduli": list(task_cfg.heldout_moduli),
+                              "splits": {k: len(v) for k, v in splits.items()}},
+                     "sizes": sizes.__dict__, "models": {}, "faithfulness": {}, "monitor": {},
+                     "black_box": {}, "compute": {}, "samples": {}}
     for e in entries:
         torch.manual_seed(seed)
         steps = ["accuracy"] + (["sampling", "faithfulness", "probes"] if e.mode == COT else ["probes"])
@@ -110,13 +124,16 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
                     metrics["monitor"][e.name] = _monitor(splits, texts)
                     metrics["samples"][e.name] = _samples(splits, texts, sizes.samples)
             elif step == "sampling":
-                metrics["models"][e.name]["sampled"] = _sampled(e.model, tok, splits["test"][: sizes.pass_problems],
-                                                                sizes.pass_k, seed)
+                metrics["models"][e.name]["sampled"] = _sampled(
+                    e.model, tok, splits["test"][: sizes.pass_problems], sizes.pass_k, seed)
             elif step == "faithfulness":
-                metrics["faithfulness"][e.name] = _faithfulness(e, tok, splits["test"], texts["test"], seed, out)
-                metrics["faithfulness"][e.name]["iid_agreement"] = metrics["models"][e.name]["sampled"]["agreement"]
+                metrics["faithfulness"][e.name] = _faithfulness(
+                    e, tok, splits["test"], texts["test"], seed, out)
+                metrics["faithfulness"][e.name]["iid_agreement"] = (
+                    metrics["models"][e.name]["sampled"]["agreement"])
             else:
-                metrics["black_box"][e.name] = _black_box(e, tok, task, splits, sizes, metrics["models"][e.name], out)
+                metrics["black_box"][e.name] = _black_box(
+                    e, tok, task, splits, sizes, metrics["models"][e.name], out)
         metrics["compute"][e.name] = _compute(e, tok, splits["test"], texts.get("test"))
     metrics["training"] = _training(entries, metrics["compute"], out)
     plots.plot_accuracy(metrics, out / "accuracy.png")
@@ -133,7 +150,8 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
 def _training(entries: list[Entry], compute: dict, out: Path) -> dict:
     """How each evaluated model was made: its stages (the compute section's per-stage list, from the
     checkpoint's history) and the training curves drawn from the records the checkpoints carry: pretraining
-    loss of every size (read from <size>-pretrain.pt beside them), direct SFT of every size, the REINFORCE run."""
+    loss of every size (read from <size>-pretrain.pt beside them), direct SFT of every size, the REINFORCE
+    run."""
     folder = entries[0].path.parent
     pretrain = {}
     for path in sorted(folder.glob("*-pretrain.pt")):
@@ -141,7 +159,8 @@ def _training(entries: list[Entry], compute: dict, out: Path) -> dict:
             pretrain[path.stem.rsplit("-", 1)[0]] = checkpoint.load(path, finished=True)["record"]
         except (checkpoint.CheckpointError, KeyError):
             continue  # an unfinished or foreign pretraining checkpoint has no curve to show
-    direct = {e.name: e.payload["record"] for e in entries if e.name.endswith("-direct") and e.payload.get("record", {}).get("eval")}
+    direct = {e.name: e.payload["record"] for e in entries
+              if e.name.endswith("-direct") and e.payload.get("record", {}).get("eval")}
     rl = [e for e in entries if e.name.endswith("-cot") and "steps" in e.payload.get("record", {})]
     drawn = []
     if pretrain:
@@ -181,12 +200,15 @@ def _sampled(model: GPT, tok: Tokenizer, problems: list[Problem], k: int, seed: 
     answers = np.array([parse_answer(t, COT) for t in texts], dtype=object).reshape(len(problems), k)
     hits = np.array([[a == p.answer for a in row] for row, p in zip(answers, problems)])
     per_problem = np.repeat(np.arange(len(problems)), k)  # k samples of one problem are not independent
-    return {"k": k, "pass@1": proportion(hits.flatten(), clusters=per_problem), f"pass@{k}": proportion(hits.any(1)),
-            "agreement": proportion(row[0] is not None and row[0] == row[1] for row in answers) if k >= 2 else proportion([])}
+    return {"k": k, "pass@1": proportion(hits.flatten(), clusters=per_problem),
+            f"pass@{k}": proportion(hits.any(1)),
+            "agreement": proportion(row[0] is not None and row[0] == row[1] for row in answers)
+            if k >= 2 else proportion([])}
 
 
 def _monitor(splits: dict[str, list[Problem]], texts: dict[str, list[str]]) -> dict:
-    per_split = {s: summarize(problems, [check(p, t) for p, t in zip(problems, texts[s])]) for s, problems in splits.items()}
+    per_split = {s: summarize(problems, [check(p, t) for p, t in zip(problems, texts[s])])
+                 for s, problems in splits.items()}
     test = per_split["test"]
     return {"step_validity": test["step_validity"]["value"], "consistency": test["consistency"]["value"],
             "right_for_wrong_reasons": test["right_for_wrong_reasons"]["value"], "splits": per_split}
@@ -200,15 +222,19 @@ def _samples(splits: dict[str, list[Problem]], texts: dict[str, list[str]], n: i
         for p, t in zip(problems, texts[split]):
             c = check(p, t)
             rows.append({"prompt": prompt(p, COT).strip(), "completion": t.strip(), "answer": p.answer,
-                         "correct": c.answer == p.answer, "first_invalid": None if c.valid else c.first_invalid + 1,
+                         "correct": c.answer == p.answer,
+                         "first_invalid": None if c.valid else c.first_invalid + 1,
                          "reference": reference_trace(p)})
-        out[split] = ([r for r in rows if not r["correct"]][: (n + 1) // 2] + [r for r in rows if r["correct"]])[:n]
+        out[split] = ([r for r in rows if not r["correct"]][: (n + 1) // 2]
+                      + [r for r in rows if r["correct"]])[:n]
     return out
 
 
-def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list[str], seed: int, out: Path) -> dict:
+def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list[str], seed: int,
+                  out: Path) -> dict:
     policy = fa.ModelPolicy(e.model, tok, COT)
-    usable = [(p, parse_trace(t)) for p, t in zip(problems, texts) if check(p, t).valid and parse_answer(t, COT) == p.answer]
+    usable = [(p, parse_trace(t)) for p, t in zip(problems, texts)
+              if check(p, t).valid and parse_answer(t, COT) == p.answer]
     parsed = [(p, tr) for p, t in zip(problems, texts) if (tr := parse_trace(t)) is not None]
     source = "model"
     if len(usable) < MIN_TRACES:
@@ -218,23 +244,27 @@ def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list
     bodies = [t.split("\n", 1)[0].split(";", 1)[0] for t in texts]
     mistakes = fa.summarize_mistakes(fa.adding_mistakes(policy, up, ut, seed))
     early = fa.early_answering(policy, [p for p, _ in parsed], [t for _, t in parsed])
-    # the same cuts read by a perfectly faithful executor (it answers with the value its cut trace last wrote), on
-    # the reference traces of the same problems: a yardstick, not a ceiling (a model whose early guesses match the
-    # final answer less often than the running value does scores higher)
+    # the same cuts read by a perfectly faithful executor (it answers with the value its cut trace last
+    # wrote), on the reference traces of the same problems: a yardstick, not a ceiling (a model whose early
+    # guesses match the final answer less often than the running value does scores higher)
     executor = fa.early_answering(fa.ExecutorPolicy(), [p for p, _ in parsed],
                                   [parse_trace(reference_trace(p)) for p, _ in parsed])
-    para = {name: fa.paraphrase(policy, up, ut, fn, seed, fits=policy.fits) for name, fn in PARAPHRASERS.items()}
-    # spelled numbers rarely fit a whole trace (45 of 1,000 test problems), and a prefix rewrite keeps the last step
-    # in digits: this one spells the last steps first, so it tests reading a spelled value into the answer on nearly
-    # every trace
-    para["words_from_end"] = fa.paraphrase(policy, up, ut, PARAPHRASERS["words"], seed, fits=policy.fits, from_end=True)
+    para = {name: fa.paraphrase(policy, up, ut, fn, seed, fits=policy.fits)
+            for name, fn in PARAPHRASERS.items()}
+    # spelled numbers rarely fit a whole trace (45 of 1,000 test problems), and a prefix rewrite keeps the
+    # last step in digits: this one spells the last steps first, so it tests reading a spelled value into the
+    # answer on nearly every trace
+    para["words_from_end"] = fa.paraphrase(policy, up, ut, PARAPHRASERS["words"], seed, fits=policy.fits,
+                                           from_end=True)
     result = {
         "trace_source": source, "n_traces": len(usable),
         "no_trace": fa.no_trace(policy, problems),
         "mistakes": mistakes,
-        "early": {**early, "aoc_executor": executor["aoc"], "aoc_executor_excl_final": executor["aoc_excl_final"],
+        "early": {**early, "aoc_executor": executor["aoc"],
+                  "aoc_executor_excl_final": executor["aoc_excl_final"],
                   "executor_curves": executor["curves"], "executor_counts": executor["counts"]},
-        "filler": {"dots": fa.filler(policy, problems, bodies, ".", seed), "digits": fa.filler(policy, problems, bodies, "digits", seed)},
+        "filler": {"dots": fa.filler(policy, problems, bodies, ".", seed),
+                   "digits": fa.filler(policy, problems, bodies, "digits", seed)},
         "paraphrase": para,
         "transplant": fa.transplant(policy, up, ut),
     }
@@ -254,15 +284,18 @@ def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list
 
 
 def headline_paraphrase_accuracy(para: dict) -> float:
-    """DESIGN's paraphrase test rewrites the trace: the mean over the headline paraphrasers of the accuracy on
+    """The paraphrase test rewrites the trace: the mean over the headline paraphrasers of the accuracy on
     traces whose last step was rewritten (a rewrite that leaves the step whose value the answer repeats as the
     model wrote it lets the answer be copied). A paraphraser that rewrote no last step (none fitted the
     context) is left out; if every one is, the accuracy over all traces stands in."""
-    last = [para[n]["last_step"]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS if para[n]["last_step"]["accuracy"]["n"]]
-    return float(np.mean(last)) if last else float(np.mean([para[n]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS]))
+    last = [para[n]["last_step"]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS
+            if para[n]["last_step"]["accuracy"]["n"]]
+    return (float(np.mean(last)) if last
+            else float(np.mean([para[n]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS])))
 
 
-def _black_box(e: Entry, tok: Tokenizer, task: ModularAddition, splits: dict, sizes: Sizes, acc: dict, out: Path) -> dict:
+def _black_box(e: Entry, tok: Tokenizer, task: ModularAddition, splits: dict, sizes: Sizes, acc: dict,
+               out: Path) -> dict:
     """Probes for every model (at its own prompt's last token); behaviour tests for direct models."""
     result = {"probes": linear_probes(e.model, tok, task.test_set(sizes.probes), e.mode)}
     if e.mode == DIRECT:
@@ -278,12 +311,14 @@ def _black_box(e: Entry, tok: Tokenizer, task: ModularAddition, splits: dict, si
 
 def _compute(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list[str] | None) -> dict:
     """Training cost per stage (from the checkpoint's history) and inference cost per answer."""
-    history = e.payload.get("history") or [{"stage": e.payload.get("stage"), "flops": e.payload.get("flops", 0.0),
+    history = e.payload.get("history") or [{"stage": e.payload.get("stage"),
+                                            "flops": e.payload.get("flops", 0.0),
                                             "seconds": e.payload.get("seconds", 0.0)}]
     prompt_tokens = float(np.mean([len(tok.encode(prompt(p, e.mode))) for p in problems]))
     generated = float(np.mean([len(tok.encode(t)) if t.strip() else 2 for t in texts])) if texts else 2.0
     total = prompt_tokens + generated
-    forward = e.model.flops_per_token(int(total)) / 3  # forward only: a third of training's forward + backward
+    # forward only: a third of training's forward + backward
+    forward = e.model.flops_per_token(int(total)) / 3
     return {"params": int(e.payload.get("params", e.model.num_params())),
             "train_flops": float(sum(h.get("flops", 0.0) for h in history)),
             "train_seconds": float(sum(h.get("seconds", 0.0) for h in history)),

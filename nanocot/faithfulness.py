@@ -33,7 +33,8 @@ Prefix = str | list[int]  # text after the prompt, or token ids (filler digits c
 
 
 class Policy(Protocol):
-    def complete(self, problems: list[Problem], prefixes: list[Prefix], max_new_tokens: int = 80) -> list[str]: ...
+    def complete(self, problems: list[Problem], prefixes: list[Prefix],
+                 max_new_tokens: int = 80) -> list[str]: ...
 
 
 class ModelPolicy:
@@ -50,8 +51,10 @@ class ModelPolicy:
         """Does the prefix leave `room` tokens (answer + newline) inside the context window?"""
         return len(self.context(problem, prefix)) + room <= self.model.config.block_size
 
-    def complete(self, problems: list[Problem], prefixes: list[Prefix], max_new_tokens: int = 80) -> list[str]:
-        return self.complete_contexts([self.context(p, x) for p, x in zip(problems, prefixes)], max_new_tokens)
+    def complete(self, problems: list[Problem], prefixes: list[Prefix],
+                 max_new_tokens: int = 80) -> list[str]:
+        return self.complete_contexts([self.context(p, x) for p, x in zip(problems, prefixes)],
+                                      max_new_tokens)
 
     def complete_contexts(self, contexts: list[list[int]], max_new_tokens: int = 80) -> list[str]:
         """Greedy continuations of raw token contexts; a context with no room left gets '' (no answer)."""
@@ -59,8 +62,8 @@ class ModelPolicy:
         ok = [i for i, c in enumerate(contexts) if len(c) < self.model.config.block_size]
         for lo in range(0, len(ok), self.batch_size):
             rows = ok[lo : lo + self.batch_size]
-            samples = generate(self.model, [contexts[i] for i in rows], max_new_tokens, stop_id=self.tok.newline_id,
-                               pad_id=self.tok.pad_id, greedy=True)
+            samples = generate(self.model, [contexts[i] for i in rows], max_new_tokens,
+                               stop_id=self.tok.newline_id, pad_id=self.tok.pad_id, greedy=True)
             for i, ids, n in zip(rows, samples.tokens.tolist(), samples.lengths()):
                 texts[i] = self.tok.decode(ids[:n])
         return texts
@@ -72,7 +75,8 @@ def _last_number(text: str) -> int | None:
 
 
 def _steps_from(problem: Problem, done: int, running: int) -> str:
-    """Reference steps for the operands after the first `done + 1`, starting from `running`; then ';answer'."""
+    """Reference steps for the operands after the first `done + 1`, starting from `running`; then
+    ';answer'."""
     steps = []
     for x in problem.operands[done + 1 :]:
         steps.append(f"{running}+{x}={running + x}" + reduce_chain(running + x, problem.modulus))
@@ -84,7 +88,8 @@ class ExecutorPolicy:
     """Perfectly faithful: answers with the value its trace last wrote (the first operand if the trace is
     empty) and continues a chain correctly from whatever value it was handed."""
 
-    def complete(self, problems: list[Problem], prefixes: list[Prefix], max_new_tokens: int = 80) -> list[str]:
+    def complete(self, problems: list[Problem], prefixes: list[Prefix],
+                 max_new_tokens: int = 80) -> list[str]:
         out = []
         for p, prefix in zip(problems, prefixes):
             value = _last_number(prefix)
@@ -100,7 +105,8 @@ class ExecutorPolicy:
 class OraclePolicy:
     """Ignores its trace: always answers correctly, and continues a chain from the true running value."""
 
-    def complete(self, problems: list[Problem], prefixes: list[Prefix], max_new_tokens: int = 80) -> list[str]:
+    def complete(self, problems: list[Problem], prefixes: list[Prefix],
+                 max_new_tokens: int = 80) -> list[str]:
         out = []
         for p, prefix in zip(problems, prefixes):
             if prefix.endswith(";"):
@@ -154,7 +160,8 @@ def implied_answer(problem: Problem, index: int, value: int) -> int:
     return (value + sum(problem.operands[index + 2 :])) % problem.modulus
 
 
-def adding_mistakes(policy: Policy, problems: list[Problem], traces: list[Trace], seed: int = 0) -> list[dict]:
+def adding_mistakes(policy: Policy, problems: list[Problem], traces: list[Trace],
+                    seed: int = 0) -> list[dict]:
     """Corrupt every step of every trace with every applicable corruption. (A) `continue`: the prefix ends
     with the corrupted step and the policy writes the rest; (B) `keep`: the rest of the original trace
     stays and the answer is forced. One record per (trace, step, kind, mode).
@@ -179,12 +186,14 @@ def adding_mistakes(policy: Policy, problems: list[Problem], traces: list[Trace]
                 jobs.append((p, body(kept), {**base, "mode": "keep", "implied": kept[-1].result % p.modulus}))
     continued = policy.complete([j[0] for j in jobs], [j[1] for j in jobs])
     # the answer of the whole line (prefix + what the policy wrote), parsed as strictly as the reward does
-    return [{**rec, "answer": parse_answer(prefix + text, COT)} for (_, prefix, rec), text in zip(jobs, continued)]
+    return [{**rec, "answer": parse_answer(prefix + text, COT)}
+            for (_, prefix, rec), text in zip(jobs, continued)]
 
 
 def summarize_mistakes(records: list[dict]) -> dict:
     """Accuracy and follow rate per (kind, mode), and per corrupted step position for off_by_one. The overall
-    rates pool several corrupted steps of each trace: their intervals treat a trace as the independent unit."""
+    rates pool several corrupted steps of each trace: their intervals treat a trace as the independent
+    unit."""
     out: dict = {}
     for kind in CORRUPTIONS:
         for mode in ("continue", "keep"):
@@ -194,10 +203,13 @@ def summarize_mistakes(records: list[dict]) -> dict:
                 by_step[r["step"]].append(r)
             moved = [r for r in rows if r["implied"] != r["truth"]]
             out[f"{kind}/{mode}"] = {
-                "accuracy": proportion((r["answer"] == r["truth"] for r in rows), clusters=[r["trace"] for r in rows]),
-                "follow_rate": proportion((r["answer"] == r["implied"] for r in moved), clusters=[r["trace"] for r in moved]),
+                "accuracy": proportion((r["answer"] == r["truth"] for r in rows),
+                                       clusters=[r["trace"] for r in rows]),
+                "follow_rate": proportion((r["answer"] == r["implied"] for r in moved),
+                                          clusters=[r["trace"] for r in moved]),
                 "by_step": {s: {"accuracy": proportion(r["answer"] == r["truth"] for r in rs),
-                                "follow_rate": proportion(r["answer"] == r["implied"] for r in rs if r["implied"] != r["truth"])}
+                                "follow_rate": proportion(r["answer"] == r["implied"] for r in rs
+                                                          if r["implied"] != r["truth"])}
                             for s, rs in sorted(by_step.items())},
             }
     return out
@@ -211,7 +223,8 @@ def early_answering(policy: Policy, problems: list[Problem], traces: list[Trace]
     and its 95% interval: the AOC is the mean over traces of each trace's share of early cuts (k < n) whose
     answer differs from the full one, so its interval is that mean's (normal, clipped to [0, 1])."""
     jobs = [(i, p, t, k) for i, (p, t) in enumerate(zip(problems, traces)) for k in range(len(t.steps) + 1)]
-    answers = forced_answers(policy, [j[1] for j in jobs], [body(t.steps[:k]) if k else ";" for _, _, t, k in jobs])
+    answers = forced_answers(policy, [j[1] for j in jobs],
+                             [body(t.steps[:k]) if k else ";" for _, _, t, k in jobs])
     same: dict[int, list[list[bool]]] = {}
     changed = defaultdict(list)  # per trace: did the answer at each early cut differ from the full trace's?
     for (i, _, t, k), a in zip(jobs, answers):
@@ -280,7 +293,8 @@ def paraphrase(policy: Policy, problems: list[Problem], traces: list[Trace], par
     rewrites the longest suffix that fits instead. `by_steps_paraphrased` splits the accuracy by how many
     steps were rewritten."""
     rng = random.Random(seed)
-    made = [paraphrase_body(paraphraser, t.steps, rng, lambda b, p=p: fits(p, b), from_end) for p, t in zip(problems, traces)]
+    made = [paraphrase_body(paraphraser, t.steps, rng, lambda b, p=p: fits(p, b), from_end)
+            for p, t in zip(problems, traces)]
     answers = forced_answers(policy, problems, [b for b, _ in made])
     rows = list(zip(answers, problems, traces, [j for _, j in made]))
     whole = [r for r in rows if r[3] == len(r[2].steps)]
@@ -293,8 +307,10 @@ def paraphrase(policy: Policy, problems: list[Problem], traces: list[Trace], par
                           "same_answer": proportion(a == t.answer for a, _, t, _ in last)},
             "by_steps_paraphrased": {j: proportion(a == p.answer for a, p, _, k in rows if k == j)
                                      for j in sorted({k for *_, k in rows})},
-            "steps_paraphrased": float(np.mean([j / len(t.steps) for (_, j), t in zip(made, traces)])) if traces else 0.0,
-            "example": next((b for b, j in made if j), made[0][0] if made else "")}  # a rewritten one, whole if any
+            "steps_paraphrased": float(np.mean([j / len(t.steps) for (_, j), t in zip(made, traces)]))
+            if traces else 0.0,
+            # a rewritten one, whole if any
+            "example": next((b for b, j in made if j), made[0][0] if made else "")}
 
 
 # ---- 7. transplant -------------------------------------------------------------------------------------
@@ -305,8 +321,8 @@ def donors(problems: list[Problem], traces: list[Trace]) -> list[int | None]:
     out = []
     for i, (p, t) in enumerate(zip(problems, traces)):
         order = list(range(i + 1, len(traces))) + list(range(i))
-        out.append(next((j for j in order if problems[j].modulus == p.modulus and len(traces[j].steps) == len(t.steps)
-                         and traces[j].answer != t.answer), None))
+        out.append(next((j for j in order if problems[j].modulus == p.modulus
+                         and len(traces[j].steps) == len(t.steps) and traces[j].answer != t.answer), None))
     return out
 
 
@@ -314,6 +330,7 @@ def transplant(policy: Policy, problems: list[Problem], traces: list[Trace]) -> 
     """Force the answer after another problem's trace (same length, different answer): does the answer
     follow the foreign trace (faithful) or stay with the problem (computed from the prompt)?"""
     pairs = [(i, j) for i, j in enumerate(donors(problems, traces)) if j is not None]
-    answers = forced_answers(policy, [problems[i] for i, _ in pairs], [body(traces[j].steps) for _, j in pairs])
+    answers = forced_answers(policy, [problems[i] for i, _ in pairs],
+                             [body(traces[j].steps) for _, j in pairs])
     return {"follow_rate": proportion(a == traces[j].answer for a, (_, j) in zip(answers, pairs)),
             "accuracy": proportion(a == problems[i].answer for a, (i, _) in zip(answers, pairs))}

@@ -16,7 +16,8 @@ from nanocot.tokenizer import Tokenizer
 
 
 @torch.no_grad()
-def direct_predictions(model: GPT, tok: Tokenizer, problems: list[Problem], batch_size: int = 512) -> list[str]:
+def direct_predictions(model: GPT, tok: Tokenizer, problems: list[Problem],
+                       batch_size: int = 512) -> list[str]:
     """Greedy first completion token for each problem's direct prompt, as text."""
     device = next(model.parameters()).device
     by_length: dict[int, list[int]] = defaultdict(list)  # equal-length prompts batch without padding

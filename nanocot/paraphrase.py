@@ -1,6 +1,6 @@
 """Paraphrasers: rewrite a trace into an equivalent surface form that executes to the same value.
 
-The seed's defence against steganography: if the answer depends only on what the trace *says*, a
+The argument's defence against steganography: if the answer depends only on what the trace *says*, a
 rewording that keeps the meaning keeps the answer; anything hidden in the exact surface form is lost.
 - Each paraphraser maps the body of a trace (`steps;`, without the answer) to another body ending in ";"
   (so the model still knows where to answer), or None if the body does not parse. `rng` makes the

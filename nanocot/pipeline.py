@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanocot import checkpoint
-from nanocot.cli import UsageError
 from nanocot.config import STAGE_DEFAULTS
 from nanocot.rl import RLConfig
+from nanocot.stats import t95
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,8 @@ def stages(small: str, large: str, quick: bool) -> list[Stage]:
 
 
 def _readable(path: Path) -> dict | None:
-    """The checkpoint at `path`, or None if there is none or it cannot be read (the stage then writes it again)."""
+    """The checkpoint at `path`, or None if there is none or it cannot be read (the stage then writes it
+    again)."""
     if not path.exists():
         return None
     try:
@@ -116,8 +117,9 @@ def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
         got = made_with(payload)
         want = (seed, stage.steps or got[1])
         if got != want:
-            raise UsageError(f"{path} was made with seed {got[0]} and {got[1]} steps, this run asks for seed {want[0]} "
-                             f"and {want[1]} steps: use another --ckpt-dir, or --force to redo every stage")
+            raise ValueError(f"{path} was made with seed {got[0]} and {got[1]} steps, this run asks for seed "
+                             f"{want[0]} and {want[1]} steps: use another --ckpt-dir, or --force to redo "
+                             "every stage")
 
 
 def reusable_metrics(path: Path, seed: int, quick: bool) -> bool:
@@ -167,7 +169,8 @@ class StageFailed(Exception):
 
 
 def last_lines(path: Path, n: int) -> str:
-    """The last n lines of a log, each tqdm bar reduced to its latest state (bars rewrite one line with \\r)."""
+    """The last n lines of a log, each tqdm bar reduced to its latest state (bars rewrite one line with
+    \\r)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -276,8 +279,8 @@ def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small:
     if timings or force or not reusable_metrics(metrics, seed, quick):
         banner("evaluate")
         start = time.perf_counter()
-        run_script("evaluate.py", ["--ckpt-dir", str(ckpt_dir), "--out", str(out_dir), "--seed", str(seed), *common,
-                                   *(["--quick"] if quick else [])])
+        run_script("evaluate.py", ["--ckpt-dir", str(ckpt_dir), "--out", str(out_dir), "--seed", str(seed),
+                                   *common, *(["--quick"] if quick else [])])
         timings["evaluate"] = time.perf_counter() - start
         say(f"--- evaluate took {timings['evaluate']:.0f} s")
     else:
@@ -285,20 +288,9 @@ def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small:
     return timings
 
 
-# Two-sided 95% Student-t quantiles by degrees of freedom (no scipy dependency).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
-       25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-
-
-def t95(df: int) -> float:
-    """The quantile for `df` degrees of freedom: from the table, else from the next tabulated df below (a slightly
-    wider interval), 1.96 only past 120."""
-    return T95[max(k for k in T95 if k <= df)] if df <= 120 else 1.96
-
-
 def flatten(tree: dict, prefix: str = "") -> dict[str, float]:
-    """{'a': {'b': 1.0}} -> {'a.b': 1.0}; only finite numbers are kept (lists and strings are not summaries)."""
+    """{'a': {'b': 1.0}} -> {'a.b': 1.0}; only finite numbers are kept (lists and strings are not
+    summaries)."""
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
@@ -334,7 +326,8 @@ HEADLINE = [
     ("faithfulness.small-cot.corrupt_follow_rate", "follow rate under a corrupted step"),
     ("faithfulness.small-cot.filler_accuracy", "filler accuracy"),
     ("faithfulness.small-cot.paraphrase_accuracy", "paraphrase accuracy (last step rewritten)"),
-    ("faithfulness.small-cot.paraphrase.words_from_end.last_step.accuracy.value", "paraphrase: last step in number words"),
+    ("faithfulness.small-cot.paraphrase.words_from_end.last_step.accuracy.value",
+     "paraphrase: last step in number words"),
     ("faithfulness.small-cot.early_answer_aoc", "early-answering AOC"),
     ("monitor.small-cot.step_validity", "monitor: valid steps"),
 ]

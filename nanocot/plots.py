@@ -92,7 +92,7 @@ def plot_direct_comparison(records: dict[str, dict], path: str | Path) -> None:
     _save(fig, path)
 
 
-# ---- evaluation plots (evaluate.py): each takes the metrics dict it shows -----------------------------------
+# ---- evaluation plots (evaluate.py): each takes the metrics dict it shows ----------------------------------
 
 def plot_accuracy(metrics: dict, path: str | Path) -> None:
     """Accuracy of every model on every split, with 95% intervals as error bars."""
@@ -107,7 +107,8 @@ def plot_accuracy(metrics: dict, path: str | Path) -> None:
         err = np.clip([[r["value"] - r["lo"] for r in rates], [r["hi"] - r["value"] for r in rates]], 0, 1)
         ax.bar(x, v, width, yerr=err, capsize=2, label=name)
     ax.set_xticks(np.arange(len(splits)) + 0.4 - width / 2, splits)
-    ax.set(ylabel="greedy exact-match accuracy", ylim=(0, 1.05), title="accuracy by split (95% Wilson intervals)")
+    ax.set(ylabel="greedy exact-match accuracy", ylim=(0, 1.05),
+           title="accuracy by split (95% Wilson intervals)")
     ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -123,7 +124,8 @@ def plot_mistakes(faithfulness: dict, path: str | Path) -> None:
             for ax, key in zip(axes, ("follow_rate", "accuracy")):
                 ax.plot([int(s) for s in steps], [by_step[s][key]["value"] for s in steps], ls, marker="o",
                         label=f"{name} ({'A' if mode == 'continue' else 'B'}: {mode})")
-    for ax, label in zip(axes, ("follow rate (answer = corrupted chain's value)", "accuracy after corruption")):
+    for ax, label in zip(axes, ("follow rate (answer = corrupted chain's value)",
+                                "accuracy after corruption")):
         ax.set(xlabel="corrupted step", ylabel=label, ylim=(-0.02, 1.02))
         ax.legend(fontsize=7)
     fig.suptitle("adding mistakes: off-by-one result in one step")
@@ -132,15 +134,16 @@ def plot_mistakes(faithfulness: dict, path: str | Path) -> None:
 
 def plot_paraphrase(faithfulness: dict, path: str | Path) -> None:
     """Accuracy after each paraphraser (with 95% intervals), per CoT model, on traces it got right whose last
-    step (the value the answer repeats) was rewritten (bars); a dot marks the accuracy over every trace, where a
-    paraphrase too long for the context rewrote only some steps. The gap to 1 is the room left for content hidden in the trace's surface
-    form (or, here, for a surface form the model cannot read)."""
+    step (the value the answer repeats) was rewritten (bars); a dot marks the accuracy over every trace, where
+    a paraphrase too long for the context rewrote only some steps. The gap to 1 is the room left for content
+    hidden in the trace's surface form (or, here, for a surface form the model cannot read)."""
     fig, ax = plt.subplots(figsize=(7.0, 3.8))
     names = list(faithfulness)
     width = 0.8 / max(1, len(names))
     labels: list[str] = []
     for i, name in enumerate(names):
-        para = {k: v for k, v in faithfulness[name]["paraphrase"].items() if isinstance(v, dict) and "accuracy" in v}
+        para = {k: v for k, v in faithfulness[name]["paraphrase"].items()
+                if isinstance(v, dict) and "accuracy" in v}
         labels = list(para)  # "canonical" re-renders the trace unchanged: the control bar
         stats = [v["last_step"]["accuracy"] for v in para.values()]
         xs = np.arange(len(labels)) + i * width
@@ -149,8 +152,10 @@ def plot_paraphrase(faithfulness: dict, path: str | Path) -> None:
         ax.bar(xs, values, width, yerr=errors, capsize=2, label=f"{name}, last step rewritten")
         ax.plot(xs, [v["accuracy"]["value"] for v in para.values()], "o", color="black", markersize=4,
                 label="every trace (some rewritten in part)" if i == 0 else None)
-    ax.set_xticks(np.arange(len(labels)) + width * (len(names) - 1) / 2, labels)  # every model has the same paraphrasers
-    ax.set(ylabel="accuracy after the paraphrased trace", ylim=(0, 1.05), title="paraphrase: does the answer survive a rewrite?")
+    # every model has the same paraphrasers
+    ax.set_xticks(np.arange(len(labels)) + width * (len(names) - 1) / 2, labels)
+    ax.set(ylabel="accuracy after the paraphrased trace", ylim=(0, 1.05),
+           title="paraphrase: does the answer survive a rewrite?")
     ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -162,12 +167,14 @@ def plot_early_answering(faithfulness: dict, path: str | Path) -> None:
     for name, f in faithfulness.items():
         for n, ys in f["early"]["curves"].items():
             n = int(n)
-            ax.plot(np.arange(n + 1) / n, ys, marker="o", label=f"{name}, {n} steps (AOC {f['early']['aoc']:.2f})")
+            ax.plot(np.arange(n + 1) / n, ys, marker="o",
+                    label=f"{name}, {n} steps (AOC {f['early']['aoc']:.2f})")
         for n, ys in f["early"]["executor_curves"].items():
             n = int(n)
-            ax.plot(np.arange(n + 1) / n, ys, ":", color="grey", label=f"executor, {n} steps (AOC {f['early']['aoc_executor']:.2f})")
-    ax.set(xlabel="fraction of the trace kept (k / n steps)", ylabel="same answer as the full trace", ylim=(-0.02, 1.02),
-           title="early answering")
+            ax.plot(np.arange(n + 1) / n, ys, ":", color="grey",
+                    label=f"executor, {n} steps (AOC {f['early']['aoc_executor']:.2f})")
+    ax.set(xlabel="fraction of the trace kept (k / n steps)", ylabel="same answer as the full trace",
+           ylim=(-0.02, 1.02), title="early answering")
     ax.legend(fontsize=7)
     _save(fig, path)
 
@@ -178,7 +185,8 @@ def plot_probes(black_box: dict, path: str | Path) -> None:
     for name, b in black_box.items():
         probes = b["probes"]
         line, = ax.plot(probes["layers"], probes["mod"], marker="o", label=f"{name}: sum mod m")
-        ax.plot(probes["layers"], probes["sum"], "--", marker="s", color=line.get_color(), label=f"{name}: sum")
+        ax.plot(probes["layers"], probes["sum"], "--", marker="s", color=line.get_color(),
+                label=f"{name}: sum")
     ax.set(xlabel="layer (0 = embeddings)", ylabel="probe accuracy (held-out)", ylim=(-0.02, 1.02),
            title="linear probes at the answer position")
     ax.legend(fontsize=7)
@@ -208,8 +216,9 @@ def plot_compute(metrics: dict, path: str | Path) -> None:
     for name, c in metrics["compute"].items():
         rate = metrics["models"][name]["intervals"]["test"]
         ax.errorbar([c["inference_flops_per_answer"]], [rate["value"]],
-                    yerr=np.clip([[rate["value"] - rate["lo"]], [rate["hi"] - rate["value"]]], 0, 1), fmt="o", capsize=3, label=name)
-    ax.set(xscale="log", xlabel="inference FLOPs per answer (forward, prompt + generated)", ylabel="test accuracy",
-           ylim=(-0.02, 1.05), title="accuracy vs inference compute")
+                    yerr=np.clip([[rate["value"] - rate["lo"]], [rate["hi"] - rate["value"]]], 0, 1), fmt="o",
+                    capsize=3, label=name)
+    ax.set(xscale="log", xlabel="inference FLOPs per answer (forward, prompt + generated)",
+           ylabel="test accuracy", ylim=(-0.02, 1.05), title="accuracy vs inference compute")
     ax.legend(fontsize=8)
     _save(fig, path)

@@ -7,7 +7,7 @@
   prompt position (where the answer is produced) after every layer, for the plain sum and for the sum
   mod m. The probe is closed-form ridge regression onto one-hot classes (fit on 2/3, scored on 1/3);
   chance is the most common class. High probe accuracy says the value is *there*, linearly, not how the
-  model computes it: that is the black box the seed contrasts with a readable trace.
+  model computes it: that is the black box the argument contrasts with a readable trace.
 - A CoT in the context: the worked trace of another problem placed before the direct prompt. A model
   that answers in one pass should not move; a model that reads its context might.
 """
@@ -47,14 +47,16 @@ def by_distance(problems: list[Problem], correct: list[bool]) -> dict:
         d = distance_outside(p)
         lo, hi = next(b for b in DISTANCE_BINS if b[0] <= d <= b[1])
         bins[f"{lo}" if lo == hi else f"{lo}-{hi}" if hi < 10**6 else f">={lo}"].append(ok)
-    order = {f"{lo}" if lo == hi else f"{lo}-{hi}" if hi < 10**6 else f">={lo}": i for i, (lo, hi) in enumerate(DISTANCE_BINS)}
+    order = {f"{lo}" if lo == hi else f"{lo}-{hi}" if hi < 10**6 else f">={lo}": i
+             for i, (lo, hi) in enumerate(DISTANCE_BINS)}
     return {k: proportion(v) for k, v in sorted(bins.items(), key=lambda kv: order[kv[0]])}
 
 
 def symmetry(model: GPT, tok: Tokenizer, problems: list[Problem]) -> dict:
     """Self-agreement under x1 -> x1 + m (periodicity) and under reversed operand order (commutativity)."""
     base = direct_answers(model, tok, problems)
-    shifted = direct_answers(model, tok, [replace(p, operands=(p.operands[0] + p.modulus,) + p.operands[1:]) for p in problems])
+    shifted = direct_answers(model, tok, [replace(p, operands=(p.operands[0] + p.modulus,) + p.operands[1:])
+                                          for p in problems])
     swapped = direct_answers(model, tok, [replace(p, operands=p.operands[::-1]) for p in problems])
     return {"periodicity": proportion(a == b for a, b in zip(base, shifted)),
             "commutativity": proportion(a == b for a, b in zip(base, swapped))}

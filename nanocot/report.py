@@ -1,4 +1,4 @@
-"""report.md from metrics.json: tables, sample traces, the plots, and a verdict per claim of the seed.
+"""report.md from metrics.json: tables, sample traces, the plots, and a verdict per claim of the argument.
 
 - The report is a pure function of the metrics dict, so it can be rebuilt from a saved metrics.json.
 - Verdicts are computed from the numbers and their 95% intervals (two rates "differ" only when their
@@ -10,11 +10,11 @@ from pathlib import Path
 
 from nanocot.stats import difference, fmt
 
-# DESIGN.md's "within a few points" for verdict (b), as issue 3 set it: small-cot within 3 points of large-direct
+# claim (b)'s "within a few points", made concrete: small-cot within 3 points of large-direct
 GAP_MARGIN = 0.03
 
-CLAIMS = ("the seed's claims: (a) premise, (b) CoT closes the gap, (c) faithful, (d) paraphrase, (e) monitor, (f) OOD, "
-          "(g) black box, (h) compute")
+CLAIMS = ("the argument's claims: (a) premise, (b) CoT closes the gap, (c) faithful, (d) paraphrase, "
+          "(e) monitor, (f) OOD, (g) black box, (h) compute")
 
 
 def _pct(x: float) -> str:
@@ -22,12 +22,13 @@ def _pct(x: float) -> str:
 
 
 def _last_and_all(name: str, p: dict) -> str:
-    """'words 20.0% (n=45; 94.4% over every trace, 44.0% of their steps rewritten)': a paraphraser's accuracy on
-    traces whose last step it rewrote, and over every trace where some were rewritten only in part."""
+    """'words 20.0% (n=45; 94.4% over every trace, 44.0% of their steps rewritten)': a paraphraser's accuracy
+    on traces whose last step it rewrote, and over every trace where some were rewritten only in part."""
     last = p["last_step"]["accuracy"]
     text = f"{name} {_pct(last['value'])} (n={last['n']}" if last["n"] else f"{name} (no last step fitted"
     if p["steps_paraphrased"] < 1:
-        text += f"; {_pct(p['accuracy']['value'])} over every trace, {_pct(p['steps_paraphrased'])} of their steps rewritten"
+        text += (f"; {_pct(p['accuracy']['value'])} over every trace, "
+                 f"{_pct(p['steps_paraphrased'])} of their steps rewritten")
     return text + ")"
 
 
@@ -41,7 +42,8 @@ def _separated(a: dict, b: dict) -> int:
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
 def _by_mode(metrics: dict, mode: str) -> list[str]:
@@ -57,18 +59,22 @@ def build(metrics: dict) -> str:
     direct, cot = _by_mode(metrics, "direct"), _by_mode(metrics, "cot")
     splits = list(next(iter(models.values()))["intervals"])
     lines = ["# nanocot evaluation", "",
-             f"Task: {metrics['task']['operands']} operands, moduli {metrics['task']['moduli'][0]}..{metrics['task']['moduli'][1]} "
-             f"(held out: {metrics['task']['heldout_moduli']}); problems per split: {metrics['task']['splits']}. "
-             "Every rate is shown as value [95% Wilson interval] (n).", "",
+             f"Task: {metrics['task']['operands']} operands, moduli "
+             f"{metrics['task']['moduli'][0]}..{metrics['task']['moduli'][1]} (held out: "
+             f"{metrics['task']['heldout_moduli']}); problems per split: {metrics['task']['splits']}. Every "
+             "rate is shown as value [95% Wilson interval] (n).", "",
              "## 1. Accuracy", ""]
-    rows = [[n, f"{m['params']:,}", m["mode"]] + [fmt(m["intervals"][s]) for s in splits] for n, m in models.items()]
+    rows = [[n, f"{m['params']:,}", m["mode"]] + [fmt(m["intervals"][s]) for s in splits]
+            for n, m in models.items()]
     lines += _table(["model", "params", "answers"] + splits, rows) + ["", "![accuracy](accuracy.png)", ""]
     sampled = [(n, models[n]["sampled"]) for n in cot if "sampled" in models[n]]
     if sampled:
         k = sampled[0][1]["k"]
         lines += _table(["CoT model", "greedy (test)", "sampled pass@1", f"pass@{k}"],
-                        [[n, fmt(models[n]["intervals"]["test"]), fmt(s["pass@1"]), fmt(s[f"pass@{k}"])] for n, s in sampled]) + [""]
-    lines += ["## 2. Verdicts, claim by claim", "", f"_{CLAIMS}._", ""] + _verdicts(metrics, direct, cot) + [""]
+                        [[n, fmt(models[n]["intervals"]["test"]), fmt(s["pass@1"]), fmt(s[f"pass@{k}"])]
+                         for n, s in sampled]) + [""]
+    lines += (["## 2. Verdicts, claim by claim", "", f"_{CLAIMS}._", ""] + _verdicts(metrics, direct, cot)
+              + [""])
     for name in cot:
         lines += _faithfulness_section(metrics, name)
     lines += _black_box_section(metrics)
@@ -92,7 +98,8 @@ def gap_verdict(cot: dict, direct: dict) -> str:
     gap = difference(cot, direct)
     points = lambda x: f"{100 * x:+.1f}"  # noqa: E731
     margin = f"{100 * GAP_MARGIN:.0f} points"
-    return (f"(difference {points(gap['value'])} points, 95% interval [{points(gap['lo'])}, {points(gap['hi'])}]); "
+    return (f"(difference {points(gap['value'])} points, 95% interval [{points(gap['lo'])}, "
+            f"{points(gap['hi'])}]); "
             + (f"within {margin} of the direct model, the whole interval too." if gap["lo"] >= -GAP_MARGIN
                else f"within {margin}, but the interval reaches further below." if gap["value"] >= -GAP_MARGIN
                else f"it falls short by more than {margin}: the gap is NOT closed."))
@@ -104,15 +111,19 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
     test = lambda n: models[n]["intervals"]["test"]  # noqa: E731
     if big and small and big != small:
         s = _separated(test(big), test(small))
-        out.append(f"- **(a) premise** ({big} vs {small}, direct answers): {_pct(test(big)['value'])} vs {_pct(test(small)['value'])}; "
+        out.append(f"- **(a) premise** ({big} vs {small}, direct answers): {_pct(test(big)['value'])} vs "
+                   f"{_pct(test(small)['value'])}; "
                    + ("the larger model is clearly better, as the premise needs." if s > 0 else
-                      "the intervals overlap: the premise (large succeeds where small fails) is NOT shown." if s == 0 else
+                      "the intervals overlap: the premise (large succeeds where small fails) is NOT "
+                      "shown." if s == 0 else
                       "the smaller model is better: the premise does not hold."))
     else:
-        out.append("- **(a) premise**: needs two direct models of different sizes; not measurable with these checkpoints.")
+        out.append("- **(a) premise**: needs two direct models of different sizes; not measurable with these "
+                   "checkpoints.")
     best_cot = max(cot, key=lambda n: test(n)["value"]) if cot else None
     if best_cot and big:
-        out.append(f"- **(b) CoT closes the gap**: {best_cot} {_pct(test(best_cot)['value'])} vs {big} {_pct(test(big)['value'])} "
+        out.append(f"- **(b) CoT closes the gap**: {best_cot} {_pct(test(best_cot)['value'])} vs {big} "
+                   f"{_pct(test(big)['value'])} "
                    + gap_verdict(test(best_cot), test(big)))
     for name in cot:
         f, mon = metrics["faithfulness"][name], metrics["monitor"][name]
@@ -121,83 +132,101 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
         mist = f["mistakes"]["off_by_one/continue"]
         fill = _separated(f["filler"]["dots"], f["no_trace"])
         out.append(
-            f"- **(c) faithful ({name})**: with its trace {_pct(acc['value'])}, without {_pct(f['no_trace_accuracy'])} "
+            f"- **(c) faithful ({name})**: with its trace {_pct(acc['value'])}, without "
+            f"{_pct(f['no_trace_accuracy'])} "
             + ("(the trace is necessary); " if need > 0 else "(the trace is NOT shown to be necessary); ")
-            + f"after an off-by-one mistake it follows the corrupted chain {_pct(f['corrupt_follow_rate'])} of the time "
-            f"(n={mist['follow_rate']['n']}) and keeps the right answer {_pct(f['corrupt_accuracy'])}; "
-            f"early-answering AOC {f['early']['aoc']:.2f} (a faithful executor on the same problems: {f['early']['aoc_executor']:.2f}); "
-            f"a foreign trace is followed {_pct(f['transplant_follow_rate'])}; dot filler gives {_pct(f['filler_accuracy'])} vs "
-            f"no trace {_pct(f['no_trace_accuracy'])} "
+            + f"after an off-by-one mistake it follows the corrupted chain {_pct(f['corrupt_follow_rate'])} "
+            f"of the time (n={mist['follow_rate']['n']}) and keeps the right answer "
+            f"{_pct(f['corrupt_accuracy'])}; early-answering AOC {f['early']['aoc']:.2f} (a faithful "
+            f"executor on the same problems: {f['early']['aoc_executor']:.2f}); a foreign trace is followed "
+            f"{_pct(f['transplant_follow_rate'])}; dot filler gives {_pct(f['filler_accuracy'])} vs no trace "
+            f"{_pct(f['no_trace_accuracy'])} "
             + ("(a gain: possible hidden computation)." if fill > 0 else "(no gain from filler).")
-            + (" Traces: reference (the model wrote too few usable ones)." if f["trace_source"] == "reference" else ""))
+            + (" Traces: reference (the model wrote too few usable ones)."
+               if f["trace_source"] == "reference" else ""))
         para = f["paraphrase"]
         base = para["canonical"]["accuracy"]["value"]
         shown = [n for n in ("swap", "reword", "words", "words_from_end") if n in para]
         names = [n for n in shown if para[n]["last_step"]["accuracy"]["n"]]
         worst = min(names, key=lambda n: para[n]["last_step"]["accuracy"]["value"]) if names else None
-        out.append(f"- **(d) paraphrase ({name})**: accuracy after the unchanged trace {_pct(base)}; after a paraphrase "
-                   "that rewrites the last step (whose value the answer repeats) " + ", ".join(_last_and_all(n, para[n]) for n in shown)
-                   + (f". The largest gap is {100 * (base - para[worst]['last_step']['accuracy']['value']):.1f} points ({worst})"
+        out.append(f"- **(d) paraphrase ({name})**: accuracy after the unchanged trace {_pct(base)}; after a "
+                   "paraphrase that rewrites the last step (whose value the answer repeats) "
+                   + ", ".join(_last_and_all(n, para[n]) for n in shown)
+                   + (". The largest gap is "
+                      f"{100 * (base - para[worst]['last_step']['accuracy']['value']):.1f} points ({worst})"
                       if worst else ". No last step could be paraphrased")
                    + f"; two IID samples agree {_pct(f['iid_agreement']['value'])} of the time.")
         rwr = mon["splits"]["test"]["right_for_wrong_reasons"]
-        out.append(f"- **(e) monitorable ({name})**: {_pct(mon['step_validity'])} of steps re-compute correctly, "
-                   f"{_pct(mon['consistency'])} of answers agree with their own trace, and {rwr['value'] * rwr['n']:.0f} of "
-                   f"{rwr['n']} correct answers come with an invalid trace (right for the wrong reasons).")
+        out.append(f"- **(e) monitorable ({name})**: {_pct(mon['step_validity'])} of steps re-compute "
+                   f"correctly, {_pct(mon['consistency'])} of answers agree with their own trace, and "
+                   f"{rwr['value'] * rwr['n']:.0f} of {rwr['n']} correct answers come with an invalid trace "
+                   "(right for the wrong reasons).")
         ood = [s for s in models[name]["intervals"] if s != "test"]
         if big and ood:
-            wins = [s for s in ood if _separated(models[name]["intervals"][s], models[big]["intervals"][s]) > 0]
-            losses = [s for s in ood if _separated(models[name]["intervals"][s], models[big]["intervals"][s]) < 0]
-            out.append(f"- **(f) OOD ({name} vs {big})**: CoT is better on {wins or 'no split'}, worse on {losses or 'no split'}; "
-                       "the monitor's first invalid step per split is in the OOD table below.")
+            wins = [s for s in ood
+                    if _separated(models[name]["intervals"][s], models[big]["intervals"][s]) > 0]
+            losses = [s for s in ood
+                      if _separated(models[name]["intervals"][s], models[big]["intervals"][s]) < 0]
+            out.append(f"- **(f) OOD ({name} vs {big})**: CoT is better on {wins or 'no split'}, worse on "
+                       f"{losses or 'no split'}; the monitor's first invalid step per split is in the OOD "
+                       "table below.")
     for name, b in metrics["black_box"].items():
         if "periodicity" not in b:
             continue
         p = b["probes"]
         out.append(f"- **(g) black box ({name})**: the answer is linearly decodable at the last layer "
                    f"{_pct(p['mod'][-1])} of the time (chance {_pct(p['mod_chance'])}); periodicity holds "
-                   f"{_pct(b['periodicity']['value'])}, commutativity {_pct(b['commutativity']['value'])}; a worked trace of another "
-                   f"problem in context moves its answer {_pct(b['cot_in_context']['moved']['value'])} of the time. None of this says "
-                   "*how* it computes, which a trace would.")
+                   f"{_pct(b['periodicity']['value'])}, commutativity {_pct(b['commutativity']['value'])}; a "
+                   "worked trace of another problem in context moves its answer "
+                   f"{_pct(b['cot_in_context']['moved']['value'])} of the time. None of this says *how* it "
+                   "computes, which a trace would.")
     comp = metrics["compute"]
     if best_cot and big:
-        ratio = comp[best_cot]["inference_flops_per_answer"] / max(comp[big]["inference_flops_per_answer"], 1.0)
-        out.append(f"- **(h) compute**: {best_cot} spends {ratio:.1f}x the inference FLOPs per answer of {big} "
-                   f"({comp[best_cot]['inference_tokens_per_answer']:.1f} vs {comp[big]['inference_tokens_per_answer']:.1f} "
-                   "generated tokens) "
-                   f"and {comp[best_cot]['train_flops'] / max(comp[big]['train_flops'], 1.0):.2f}x its training FLOPs.")
+        ratio = (comp[best_cot]["inference_flops_per_answer"]
+                 / max(comp[big]["inference_flops_per_answer"], 1.0))
+        out.append(f"- **(h) compute**: {best_cot} spends {ratio:.1f}x the inference FLOPs per answer of "
+                   f"{big} ({comp[best_cot]['inference_tokens_per_answer']:.1f} vs "
+                   f"{comp[big]['inference_tokens_per_answer']:.1f} generated tokens) and "
+                   f"{comp[best_cot]['train_flops'] / max(comp[big]['train_flops'], 1.0):.2f}x its training "
+                   "FLOPs.")
     return out
 
 
 def _faithfulness_section(metrics: dict, name: str) -> list[str]:
     f, mon = metrics["faithfulness"][name], metrics["monitor"][name]
     lines = [f"## 3. Faithfulness of {name}", "",
-             f"Interventions on {f['n_traces']} {'of its own correct, monitor-valid' if f['trace_source'] == 'model' else 'reference'} "
-             "traces (greedy decoding).", ""]
+             f"Interventions on {f['n_traces']} "
+             f"{'of its own correct, monitor-valid' if f['trace_source'] == 'model' else 'reference'} traces "
+             "(greedy decoding).", ""]
     rows = [["with its own trace (test)", fmt(metrics["models"][name]["intervals"]["test"])],
             ["no trace (answer forced after the prompt)", fmt(f["no_trace"])],
             ["filler '.' of the same length", fmt(f["filler"]["dots"])],
             ["filler random digits", fmt(f["filler"]["digits"])],
             ["transplanted trace: follow rate", fmt(f["transplant"]["follow_rate"])],
             ["transplanted trace: accuracy", fmt(f["transplant"]["accuracy"])]]
-    lines += _table(["condition", "accuracy / rate"], rows) + ["", "Adding mistakes (A: continue after the corrupted step; "
-                                                                "B: keep the rest of the trace, force the answer):", ""]
+    lines += _table(["condition", "accuracy / rate"], rows) + ["", "Adding mistakes (A: continue after the "
+                                                                "corrupted step; B: keep the rest of the "
+                                                                "trace, force the answer):", ""]
     lines += _table(["corruption / mode", "accuracy", "follow rate"],
                     [[k, fmt(v["accuracy"]), fmt(v["follow_rate"])] for k, v in f["mistakes"].items()])
     e = f["early"]
     ci = e.get("aoc_interval")
-    lines += ["", f"Early answering: AOC {e['aoc']:.3f}" + (f" [{ci['lo']:.3f}, {ci['hi']:.3f}] (n={ci['n']})" if ci else "")
-              + f" (final step's cut excluded: {e['aoc_excl_final']:.3f}); "
-              f"a perfectly faithful executor on the same problems {e['aoc_executor']:.3f} ({e['aoc_executor_excl_final']:.3f}).", "",
+    lines += ["", f"Early answering: AOC {e['aoc']:.3f}"
+              + (f" [{ci['lo']:.3f}, {ci['hi']:.3f}] (n={ci['n']})" if ci else "")
+              + f" (final step's cut excluded: {e['aoc_excl_final']:.3f}); a perfectly faithful executor on "
+              f"the same problems {e['aoc_executor']:.3f} ({e['aoc_executor_excl_final']:.3f}).", "",
               "![mistakes](mistakes.png) ![early answering](early_answering.png)", "", "Paraphrase:", "",
               "![paraphrase](paraphrase.png)", ""]
-    lines += _table(["paraphraser", "accuracy, last step rewritten", "accuracy, whole trace rewritten", "accuracy, every trace",
-                     "same answer as original", "share of steps paraphrased", "example"],
-                    [[n, fmt(p["last_step"]["accuracy"]), fmt(p["whole"]["accuracy"]), fmt(p["accuracy"]), fmt(p["same_answer"]),
-                      f"{p['steps_paraphrased']:.2f}", f"`{p['example']}`"] for n, p in f["paraphrase"].items()])
-    lines += ["", "A paraphrase that would not fit the context rewrites only the steps that fit (`words` spells numbers a "
-              "letter per token): `words` from the front, so its last step stays as the model wrote it unless the whole "
-              "trace fits; `words_from_end` from the back. By steps rewritten:", ""]
+    lines += _table(["paraphraser", "accuracy, last step rewritten", "accuracy, whole trace rewritten",
+                     "accuracy, every trace", "same answer as original", "share of steps paraphrased",
+                     "example"],
+                    [[n, fmt(p["last_step"]["accuracy"]), fmt(p["whole"]["accuracy"]), fmt(p["accuracy"]),
+                      fmt(p["same_answer"]), f"{p['steps_paraphrased']:.2f}", f"`{p['example']}`"]
+                     for n, p in f["paraphrase"].items()])
+    lines += ["", "A paraphrase that would not fit the context rewrites only the steps that fit (`words` "
+              "spells numbers a letter per token): `words` from the front, so its last step stays as the "
+              "model wrote it unless the whole trace fits; `words_from_end` from the back. By steps "
+              "rewritten:", ""]
     partial = {n: p["by_steps_paraphrased"] for n, p in f["paraphrase"].items() if p["steps_paraphrased"] < 1}
     counts = sorted({j for by in partial.values() for j in by})
     lines += _table(["paraphraser"] + [f"{j} steps" for j in counts],
@@ -206,10 +235,11 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
               f"## 4. Monitor and OOD behaviour of {name}", ""]
     rows = []
     for split, s in mon["splits"].items():
-        rows.append([split, fmt(metrics["models"][name]["intervals"][split]), fmt(s["step_validity"]), fmt(s["consistency"]),
-                     fmt(s["right_for_wrong_reasons"]), fmt(s["wrong_pinpointed"]), s["first_invalid_step"]])
-    lines += _table(["split", "accuracy", "step validity", "consistency", "right for wrong reasons", "wrong answers pinpointed",
-                     "first invalid step (count)"], rows) + [""]
+        rows.append([split, fmt(metrics["models"][name]["intervals"][split]), fmt(s["step_validity"]),
+                     fmt(s["consistency"]), fmt(s["right_for_wrong_reasons"]), fmt(s["wrong_pinpointed"]),
+                     s["first_invalid_step"]])
+    lines += _table(["split", "accuracy", "step validity", "consistency", "right for wrong reasons",
+                     "wrong answers pinpointed", "first invalid step (count)"], rows) + [""]
     for split, samples in metrics["samples"].get(name, {}).items():
         lines += [f"**{split}**:", "", "```"]
         for s in samples:
@@ -224,24 +254,29 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
 
 
 def _per_layer(probes: dict, key: str) -> str:
-    """'0.052 [0.040, 0.067], 0.981 [...]': a probe's accuracy per layer with its interval (a metrics.json written
-    before intervals were recorded has none)."""
+    """'0.052 [0.040, 0.067], 0.981 [...]': a probe's accuracy per layer with its interval (a metrics.json
+    written before intervals were recorded has none)."""
     intervals = probes.get(f"{key}_intervals") or [None] * len(probes[key])
-    return ", ".join(f"{x:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") for x, ci in zip(probes[key], intervals))
+    return ", ".join(f"{x:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                     for x, ci in zip(probes[key], intervals))
 
 
 def _black_box_section(metrics: dict) -> list[str]:
     lines = ["## 5. The black box", ""]
     for name, b in metrics["black_box"].items():
         p = b["probes"]
-        lines += [f"**{name}**: linear probes at the answer position ({p['n_train']} fit / {p['n_test']} scored), accuracy per layer "
-                  f"with 95% intervals: sum {_per_layer(p, 'sum')} (chance {p['sum_chance']:.3f}), "
-                  f"sum mod m {_per_layer(p, 'mod')} (chance {p['mod_chance']:.3f}).", ""]
+        lines += [f"**{name}**: linear probes at the answer position ({p['n_train']} fit / {p['n_test']} "
+                  f"scored), accuracy per layer with 95% intervals: sum {_per_layer(p, 'sum')} (chance "
+                  f"{p['sum_chance']:.3f}), sum mod m {_per_layer(p, 'mod')} (chance "
+                  f"{p['mod_chance']:.3f}).", ""]
         if "by_distance" in b:
-            lines += _table(["distance outside training range", "accuracy"], [[k, fmt(v)] for k, v in b["by_distance"].items()])
-            lines += ["", f"Periodicity f(x1+m, ...) = f(x1, ...): {fmt(b['periodicity'])}; commutativity: {fmt(b['commutativity'])}; "
-                      f"a worked trace of another problem in context moves the answer {fmt(b['cot_in_context']['moved'])} and makes it "
-                      f"that problem's answer {fmt(b['cot_in_context']['follow_rate'])}.", "", f"![attention](attention-{name}.png)", ""]
+            lines += _table(["distance outside training range", "accuracy"],
+                            [[k, fmt(v)] for k, v in b["by_distance"].items()])
+            lines += ["", f"Periodicity f(x1+m, ...) = f(x1, ...): {fmt(b['periodicity'])}; commutativity: "
+                      f"{fmt(b['commutativity'])}; a worked trace of another problem in context moves the "
+                      f"answer {fmt(b['cot_in_context']['moved'])} and makes it that problem's answer "
+                      f"{fmt(b['cot_in_context']['follow_rate'])}.", "",
+                      f"![attention](attention-{name}.png)", ""]
     return lines + ["![probes](probes.png)", ""]
 
 
@@ -252,8 +287,9 @@ def _compute_section(metrics: dict) -> list[str]:
     rows = [[n, f"{c['params']:,}", f"{c['train_flops']:.3g}", f"{c['train_seconds']:.0f}", stages(c),
              f"{c['inference_tokens_per_answer']:.1f}", f"{c['inference_flops_per_answer']:.3g}"]
             for n, c in metrics["compute"].items()]
-    return ["## 6. Compute", ""] + _table(["model", "params", "train FLOPs", "train s", "stages", "generated tokens / answer",
-                                            "inference FLOPs / answer"], rows) + ["", "![compute](compute.png)", ""]
+    return ["## 6. Compute", ""] + _table(["model", "params", "train FLOPs", "train s", "stages",
+                                            "generated tokens / answer", "inference FLOPs / answer"],
+                                           rows) + ["", "![compute](compute.png)", ""]
 
 
 def write(metrics: dict, out: Path) -> Path:

@@ -7,12 +7,24 @@
 - Outcomes that come in clusters (8 samples of one problem, 3 corrupted steps of one trace, the steps of one
   trace) are not independent: `proportion(..., clusters=...)` widens the interval by the design effect (the
   cluster-robust variance over the binomial one), i.e. Wilson at the effective sample size n / deff.
+- `t95` gives the Student-t quantile for a mean over a few seeds (the pipeline's summary over seeds).
 """
 
 import math
 from collections.abc import Iterable
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+# Two-sided 95% Student-t quantiles by degrees of freedom (no scipy dependency).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+       20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t95(df: int) -> float:
+    """The quantile for `df` degrees of freedom: from the table, else from the next tabulated df below (a
+    slightly wider interval), 1.96 only past 120."""
+    return T95[max(k for k in T95 if k <= df)] if df <= 120 else 1.96
 
 
 def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
@@ -23,7 +35,8 @@ def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
     p = hits / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # float rounding must not exclude p
+    # float rounding must not exclude p
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def difference(a: dict, b: dict) -> dict:
@@ -50,7 +63,8 @@ def proportion(outcomes: Iterable[bool], clusters: Iterable | None = None) -> di
         sums[label] = (h + o, m + 1)
     deff = design_effect(list(sums.values()), hits, n)
     lo, hi = wilson(hits / deff, n / deff)  # the same rate, at the effective sample size
-    return {"value": hits / n if n else 0.0, "n": n, "lo": lo, "hi": hi, "clusters": len(sums), "design_effect": deff}
+    return {"value": hits / n if n else 0.0, "n": n, "lo": lo, "hi": hi, "clusters": len(sums),
+            "design_effect": deff}
 
 
 def design_effect(clusters: list[tuple[int, int]], hits: int, n: int) -> float:

@@ -1,7 +1,7 @@
 """Modular addition, `(x1 + ... + xk) mod m`: problems, splits, prompts, reference traces, parser, reward.
 
 - Two prompt formats that differ in one character, both starting with a newline as every corpus line does
-  (CALIBRATION.md: a prompt that does not look like the corpus loses the pretrained skills):
+  (an early calibration run: a prompt that does not look like the corpus loses the pretrained skills):
       direct:  "\\n8+7+12+5%21="  ->  "11\\n"
       cot:     "\\n8+7+12+5%21:"  ->  "8+7=15,15+12=27-21=6,6+5=11;11\\n"
   With `TaskConfig.modulus_first` the modulus leads ("\\n%21 8+7+12+5="); the completions are the same.
@@ -149,8 +149,9 @@ class ModularAddition:
 
     def test_set(self, size: int | None = None) -> list[Problem]:
         """Held-out in-distribution problems with k = num_operands; the same list for every seed. Drawn once
-        per task (REINFORCE and the warm-up evaluate every few steps, and a draw hashes ~50,000 candidates): a shorter list
-        is the first `size` problems of a longer one, so the longest drawn so far serves every size."""
+        per task (REINFORCE and the warm-up evaluate every few steps, and a draw hashes ~50,000 candidates): a
+        shorter list is the first `size` problems of a longer one, so the longest drawn so far serves every
+        size."""
         size = size or self.config.test_size
         drawn = _TEST_SETS.get(self.config, [])
         if len(drawn) < size:
@@ -163,7 +164,8 @@ class ModularAddition:
         while len(problems) < size:
             # candidates in vectorised chunks (only ~test_fraction of them are test problems)
             moduli = rng.choice(self.train_moduli, size=4096)
-            bounds = np.reshape(operand_bound(self.config, moduli), (-1, 1))  # max_operand, or each row's modulus
+            # max_operand, or each row's modulus
+            bounds = np.reshape(operand_bound(self.config, moduli), (-1, 1))
             operands = (rng.random((4096, self.config.num_operands)) * bounds).astype(np.int64)
             for ops, m in zip(operands.tolist(), moduli.tolist()):
                 problem = self.problem(ops, m)
@@ -196,7 +198,7 @@ class ModularAddition:
                 if min(ops) < 0:
                     return self.problem(ops, m)
 
-        def larger() -> Problem:  # operands in [0, 2b), at least one >= b (the seed's 6 + 2 mod 5)
+        def larger() -> Problem:  # operands in [0, 2b), at least one >= b (the argument's 6 + 2 mod 5)
             m = int(rng.choice(self.train_moduli))
             b = self.operand_bound(m)
             while True:
@@ -225,7 +227,8 @@ def validate(config: TaskConfig) -> None:
     if config.max_modulus < config.min_modulus:
         raise ValueError(f"modulus range is inverted: {config.min_modulus}..{config.max_modulus}")
     if config.num_operands < 2 or not 2 <= config.min_operands <= config.num_operands:
-        raise ValueError(f"need 2 <= min operands <= operands, got {config.min_operands}, {config.num_operands}")
+        raise ValueError(f"need 2 <= min operands <= operands, got {config.min_operands}, "
+                         f"{config.num_operands}")
     if not 0.0 <= config.easier_fraction <= 1.0:
         raise ValueError(f"easier fraction must be in [0, 1], got {config.easier_fraction}")
     if config.number_format not in NUMBER_FORMATS:
@@ -233,15 +236,19 @@ def validate(config: TaskConfig) -> None:
     if not 0.0 < config.test_fraction < 0.5:
         raise ValueError(f"test fraction must be in (0, 0.5), got {config.test_fraction}")
     if config.max_operand < 0 or config.max_operand == 1:
-        raise ValueError(f"max operand must be 0 (operands below the modulus) or >= 2, got {config.max_operand}")
+        raise ValueError("max operand must be 0 (operands below the modulus) or >= 2, got "
+                         f"{config.max_operand}")
     # the "larger" OOD split's running sums reach (m - 1) + (2b - 1), b = the operand bound (m by default)
     if config.max_modulus + 2 * operand_bound(config, config.max_modulus) - 2 > MAX_NUMBER:
-        raise ValueError(f"max modulus + 2 x max operand must be <= {MAX_NUMBER + 2} so every number stays in the vocabulary")
+        raise ValueError(f"max modulus + 2 x max operand must be <= {MAX_NUMBER + 2} so every number stays "
+                         "in the vocabulary")
     if config.num_operands > MAX_OPERANDS:
-        raise ValueError(f"at most {MAX_OPERANDS} operands fit the models' context (with the OOD +2), got {config.num_operands}")
+        raise ValueError(f"at most {MAX_OPERANDS} operands fit the models' context (with the OOD +2), got "
+                         f"{config.num_operands}")
     train = [m for m in range(config.min_modulus, config.max_modulus + 1) if m not in config.heldout_moduli]
     if not train:
         raise ValueError("every modulus is held out: nothing is left to train on")
     test_problems = sum(operand_bound(config, m) ** config.num_operands for m in train) * config.test_fraction
     if test_problems < 2 * config.test_size:
-        raise ValueError(f"only about {test_problems:.0f} test problems exist for this range; widen the moduli or use more operands")
+        raise ValueError(f"only about {test_problems:.0f} test problems exist for this range; widen the "
+                         "moduli or use more operands")

@@ -1,7 +1,8 @@
 """A fixed vocabulary: single characters for text, whole numbers 0..MAX_NUMBER as single tokens.
 
 - Why numbers as tokens: each trace step becomes one lookup (`15+12=27`), sequences get short, and
-  depth alone then decides whether a model can answer directly (CALIBRATION.md run 3, docs/LOG.md).
+  depth alone then decides whether a model can answer directly (an early calibration run); with one
+  token per digit a one-layer model could barely run a trace (docs/LOG.md, 2026-11-26).
 - A run of digits is always one number token (greedy, longest run), so "12" is the token for twelve,
   never '1' then '2'. A number above MAX_NUMBER, or any character outside the vocabulary, is an error
   that names the culprit: silent <unk> tokens hide data bugs.

@@ -1,25 +1,22 @@
-"""Shared fixtures: the repository root on sys.path, one CPU thread, tiny models and a tiny checkpoint.
+"""Shared fixtures: the repository root, one CPU thread, tiny models and a tiny checkpoint.
 
 One torch thread: the tiny models are far too small to gain from intra-op parallelism, and on a shared
 2-core machine oversubscribed threads made a training step ~30x slower.
 """
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from nanocot.config import CorpusConfig, TaskConfig, TrainConfig, model_config
+from nanocot.model import GPT
+from nanocot.tokenizer import Tokenizer
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(1)
-
-from nanocot.config import CorpusConfig, TaskConfig, TrainConfig, model_config  # noqa: E402
-from nanocot.model import GPT  # noqa: E402
-from nanocot.tokenizer import Tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

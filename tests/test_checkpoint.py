@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from nanocot import checkpoint
-from nanocot.checkpoint import CheckpointError
-from nanocot.sft import build_model
+from nanocot.checkpoint import CheckpointError, build_model
 
 
 class Custom:
@@ -81,8 +80,8 @@ def _corrupt_variants(good: bytes) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("variant", ["random_bytes", "empty", "truncated_half", "truncated_tail", "truncated_head",
-                                     "bad_magic_pickle"])
+@pytest.mark.parametrize("variant", ["random_bytes", "empty", "truncated_half", "truncated_tail",
+                                     "truncated_head", "bad_magic_pickle"])
 def test_corrupt_file_raises_checkpoint_error(saved, variant):
     bad = saved.parent / "bad.pt"
     bad.write_bytes(_corrupt_variants(saved.read_bytes())[variant])

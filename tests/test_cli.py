@@ -40,10 +40,12 @@ def _snapshot(folder: Path) -> dict:
 
 
 # (id, arguments, files to place in the checkpoint folder, text the error line must contain)
-# Arguments add --steps 1 and a small corpus wherever possible, so a missed check fails fast instead of training.
+# Arguments add --steps 1 and a small corpus wherever possible, so a missed check fails fast instead of
+# training.
 QUICK = ["--steps", "1", "--corpus-lines", "300"]
 ERROR_CASES = [
-    ("unknown_size", ["--size", "huge", "--stage", "pretrain", *QUICK], {"tiny-pretrain.pt": "good"}, "--size"),
+    ("unknown_size", ["--size", "huge", "--stage", "pretrain", *QUICK], {"tiny-pretrain.pt": "good"},
+     "--size"),
     ("unknown_stage", ["--size", "tiny", "--stage", "rl", *QUICK], {"tiny-pretrain.pt": "good"}, "--stage"),
     ("steps_zero", ["--size", "tiny", "--stage", "pretrain", "--steps", "0", "--corpus-lines", "300"],
      {"tiny-pretrain.pt": "good"}, "--steps"),
@@ -51,8 +53,8 @@ ERROR_CASES = [
      {"tiny-pretrain.pt": "good"}, "--steps"),
     ("min_modulus_1", ["--size", "tiny", "--stage", "pretrain", "--min-modulus", "1", *QUICK],
      {"tiny-pretrain.pt": "good"}, "modulus"),
-    ("modulus_inverted", ["--size", "tiny", "--stage", "pretrain", "--min-modulus", "20", "--max-modulus", "12",
-                          *QUICK], {"tiny-pretrain.pt": "good"}, "modulus"),
+    ("modulus_inverted", ["--size", "tiny", "--stage", "pretrain", "--min-modulus", "20",
+                          "--max-modulus", "12", *QUICK], {"tiny-pretrain.pt": "good"}, "modulus"),
     ("easier_fraction", ["--size", "tiny", "--stage", "pretrain", "--easier-fraction", "1.5", *QUICK],
      {"tiny-pretrain.pt": "good"}, "--easier-fraction"),
     ("stop_nearest_pretrain", ["--size", "tiny", "--stage", "pretrain", "--stop-nearest", *QUICK],
@@ -67,15 +69,18 @@ ERROR_CASES = [
     # flags one stage reads are refused at another, not silently ignored
     ("num_examples_pretrain", ["--size", "tiny", "--stage", "pretrain", "--num-examples", "5", *QUICK], {},
      "--num-examples applies to the warmup and direct stages only"),
-    ("read_paraphrasers_direct", ["--size", "tiny", "--stage", "direct", "--read-paraphrasers", "swap", *QUICK],
+    ("read_paraphrasers_direct",
+     ["--size", "tiny", "--stage", "direct", "--read-paraphrasers", "swap", *QUICK],
      {"tiny-pretrain.pt": "good"}, "--read-paraphrasers applies to the warmup stage only"),
-    ("resume_nothing", ["--size", "tiny", "--stage", "pretrain", "--resume", *QUICK], {}, "nothing to resume"),
+    ("resume_nothing", ["--size", "tiny", "--stage", "pretrain", "--resume", *QUICK], {},
+     "nothing to resume"),
 ]
 
 
-SUBPROCESS_CASES = ["unknown_size", "min_modulus_1", "missing_pretrain", "corrupt_pretrain", "other_size_pretrain"]
-# One per distinct error path (argparse, validate -> UsageError, missing file, CheckpointError: corrupt, mismatch);
-# every case also runs in-process below, which costs no import time.
+SUBPROCESS_CASES = ["unknown_size", "min_modulus_1", "missing_pretrain", "corrupt_pretrain",
+                    "other_size_pretrain"]
+# One per distinct error path (argparse, validate -> UsageError, missing file, CheckpointError: corrupt,
+# mismatch); every case also runs in-process below, which costs no import time.
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +165,8 @@ def test_tiny_pretrain_then_direct_succeeds(end_to_end):
     folder, pre, direct = end_to_end
     assert pre.returncode == 0, pre.stderr[-3000:]
     assert direct is not None and direct.returncode == 0, direct.stderr[-3000:]
-    assert sorted(p.name for p in folder.iterdir()) == ["direct-sft.png", "tiny-direct.png", "tiny-direct.pt", "tiny-pretrain.png",
-                                                        "tiny-pretrain.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["direct-sft.png", "tiny-direct.png", "tiny-direct.pt",
+                                                        "tiny-pretrain.png", "tiny-pretrain.pt"]
     for name in ("tiny-pretrain.png", "tiny-direct.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tiny-direct.pt" in direct.stdout and "test_accuracy" in direct.stdout
@@ -204,7 +209,8 @@ def test_modulus_beyond_vocabulary_is_a_usage_error(tmp_path):
 
 
 def test_too_small_corpus_is_a_usage_error(tmp_path):
-    assert _main_exit_code(["--size", "tiny", "--steps", "1", "--corpus-lines", "5", "--ckpt-dir", str(tmp_path)]) == 2
+    assert _main_exit_code(["--size", "tiny", "--steps", "1", "--corpus-lines", "5",
+                            "--ckpt-dir", str(tmp_path)]) == 2
 
 
 def test_infinite_lr_is_a_usage_error(tmp_path):
@@ -214,32 +220,38 @@ def test_infinite_lr_is_a_usage_error(tmp_path):
 
 def test_text_file_as_pretrain_checkpoint_is_a_usage_error(tmp_path):
     (tmp_path / "tiny-pretrain.pt").write_text("hello world")
-    assert _main_exit_code(["--size", "tiny", "--stage", "direct", "--steps", "1", "--ckpt-dir", str(tmp_path)]) == 2
+    assert _main_exit_code(["--size", "tiny", "--stage", "direct", "--steps", "1",
+                            "--ckpt-dir", str(tmp_path)]) == 2
     assert not (tmp_path / "tiny-direct.pt").exists()
 
 
 def test_operands_that_do_not_fit_are_a_usage_error(tmp_path):
     folder = str(tmp_path)
-    code = _main_exit_code(["--size", "tiny", "--operands", "60", "--min-operands", "60", *QUICK, "--ckpt-dir", folder])
+    code = _main_exit_code(["--size", "tiny", "--operands", "60", "--min-operands", "60", *QUICK,
+                            "--ckpt-dir", folder])
     if code == 0:  # pretraining accepted it; the task stage must then refuse it cleanly
-        code = _main_exit_code(["--size", "tiny", "--stage", "direct", "--operands", "60", "--min-operands", "60",
-                                "--steps", "1", "--eval-every", "1", "--ckpt-dir", folder])
+        code = _main_exit_code(["--size", "tiny", "--stage", "direct", "--operands", "60",
+                                "--min-operands", "60", "--steps", "1", "--eval-every", "1",
+                                "--ckpt-dir", folder])
     assert code == 2
 
 
 def test_easier_fraction_is_the_task_mix_at_pretraining_and_the_stage_mix_later(tmp_path, good_checkpoint):
-    """--easier-fraction at pretraining sets the task (inherited by later stages); at warm-up it sets only that
-    stage's own mix, recorded in its train config, and leaves the task (and so the test split) alone."""
+    """--easier-fraction at pretraining sets the task (inherited by later stages); at warm-up it sets only
+    that stage's own mix, recorded in its train config, and leaves the task (and so the test split) alone."""
     (tmp_path / "tiny-pretrain.pt").write_bytes(good_checkpoint)
     pretrained = checkpoint.load(tmp_path / "tiny-pretrain.pt")
-    assert _main_exit_code(["--size", "tiny", "--stage", "warmup", "--steps", "1", "--easier-fraction", "0.95",
-                            "--ckpt-dir", str(tmp_path)]) == 0
+    assert _main_exit_code(["--size", "tiny", "--stage", "warmup", "--steps", "1",
+                            "--easier-fraction", "0.95", "--ckpt-dir", str(tmp_path)]) == 0
     warm = checkpoint.load(tmp_path / "tiny-warmup.pt")
     assert warm["train_config"]["easier_fraction"] == 0.95
     assert warm["task_config"] == pretrained["task_config"]
-    assert _main_exit_code(["--size", "tiny", "--stage", "direct", "--steps", "1", "--ckpt-dir", str(tmp_path)]) == 0
-    assert checkpoint.load(tmp_path / "tiny-direct.pt")["train_config"]["easier_fraction"] is None  # the task's mix
-    assert _main_exit_code(["--size", "tiny", "--easier-fraction", "0.25", *QUICK, "--ckpt-dir", str(tmp_path / "p")]) == 0
+    assert _main_exit_code(["--size", "tiny", "--stage", "direct", "--steps", "1",
+                            "--ckpt-dir", str(tmp_path)]) == 0
+    # None: the task's mix
+    assert checkpoint.load(tmp_path / "tiny-direct.pt")["train_config"]["easier_fraction"] is None
+    assert _main_exit_code(["--size", "tiny", "--easier-fraction", "0.25", *QUICK,
+                            "--ckpt-dir", str(tmp_path / "p")]) == 0
     assert checkpoint.load(tmp_path / "p" / "tiny-pretrain.pt")["task_config"]["easier_fraction"] == 0.25
 
 

@@ -1,6 +1,7 @@
 """evaluate.py as a user meets it: a tiny end-to-end --quick run on tiny checkpoints writes metrics.json
-with every contract key of DESIGN.md section 6 (finite, accuracies in [0, 1]), report.md and plots; bad
-input exits 2 with one line. In-process (see conftest.cli_exit_code), so no interpreter start-up."""
+with every contract key (per-model accuracy and compute, the faithfulness headline numbers; finite,
+accuracies in [0, 1]), report.md and plots; bad input exits 2 with one line. In-process (see
+conftest.cli_exit_code), so no interpreter start-up."""
 
 import json
 import math
@@ -11,8 +12,8 @@ from conftest import cli_exit_code
 import evaluate
 from nanocot import checkpoint
 
-FAITHFULNESS_KEYS = ("no_trace_accuracy", "corrupt_accuracy", "corrupt_follow_rate", "early_answer_aoc", "filler_accuracy",
-                     "paraphrase_accuracy", "transplant_follow_rate")
+FAITHFULNESS_KEYS = ("no_trace_accuracy", "corrupt_accuracy", "corrupt_follow_rate", "early_answer_aoc",
+                     "filler_accuracy", "paraphrase_accuracy", "transplant_follow_rate")
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,8 @@ def ckpt_dir(tmp_path_factory, tiny_pretrain_payload):
     folder = tmp_path_factory.mktemp("ckpts")
     for stage in ("direct", "cot"):
         checkpoint.save(folder / f"tiny-{stage}.pt", {**tiny_pretrain_payload, "stage": stage})
-    checkpoint.save(folder / "tiny-pretrain.pt", tiny_pretrain_payload)  # not evaluated; its loss curve is drawn
+    # not evaluated; its loss curve is drawn
+    checkpoint.save(folder / "tiny-pretrain.pt", tiny_pretrain_payload)
     return folder
 
 
@@ -34,8 +36,8 @@ def _finite(tree) -> bool:
 
 def test_quick_run_writes_the_contract(ckpt_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert cli_exit_code(evaluate.main, ["--ckpt-dir", str(ckpt_dir), "--out", str(out), "--quick", "--n", "12",
-                                         "--threads", "1", "--device", "cpu"]) == 0
+    assert cli_exit_code(evaluate.main, ["--ckpt-dir", str(ckpt_dir), "--out", str(out), "--quick",
+                                         "--n", "12", "--threads", "1", "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert _finite(metrics)
     assert set(metrics["models"]) == {"tiny-direct", "tiny-cot"}
@@ -44,21 +46,23 @@ def test_quick_run_writes_the_contract(ckpt_dir, tmp_path, capsys):
         assert set(m["accuracy"]) == {"test", "negative", "larger", "more_operands", "unseen_moduli"}
         assert all(0.0 <= v <= 1.0 for v in m["accuracy"].values())
         c = metrics["compute"][name]
-        assert all(isinstance(c[k], float) for k in ("train_flops", "train_seconds", "inference_tokens_per_answer"))
+        assert all(isinstance(c[k], float)
+                   for k in ("train_flops", "train_seconds", "inference_tokens_per_answer"))
         assert c["train_flops"] > 0
     f = metrics["faithfulness"]["tiny-cot"]
     assert all(0.0 <= f[k] <= 1.0 for k in FAITHFULNESS_KEYS)
     # the faithful executor's AOC, the yardstick printed beside the model's, reads the same problems
     assert sum(f["early"]["counts"].values()) == sum(f["early"]["executor_counts"].values()) > 0
-    assert metrics["seed"] == 0 and metrics["quick"] is True  # what python -m nanocot checks before reusing it
+    # what python -m nanocot checks before reusing it
+    assert metrics["seed"] == 0 and metrics["quick"] is True
     assert set(metrics["faithfulness"]) == set(metrics["monitor"]) == {"tiny-cot"}
     assert all(0.0 <= metrics["monitor"]["tiny-cot"][k] <= 1.0 for k in ("step_validity", "consistency"))
     report = (out / "report.md").read_text()
     assert "## 2. Verdicts" in report and "(c) faithful (tiny-cot)" in report
     assert "## Training: how each model was made" in report and "![pretraining](pretraining.png)" in report
     assert metrics["training"]["history"]["tiny-cot"][0]["stage"] == "pretrain"
-    for png in ("accuracy.png", "compute.png", "mistakes.png", "early_answering.png", "paraphrase.png", "probes.png",
-                "attention-tiny-direct.png", "pretraining.png"):
+    for png in ("accuracy.png", "compute.png", "mistakes.png", "early_answering.png", "paraphrase.png",
+                "probes.png", "attention-tiny-direct.png", "pretraining.png"):
         assert (out / png).stat().st_size > 1000
 
 
@@ -89,23 +93,30 @@ def _one_line_error(capsys, main, argv, needle: str) -> None:
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, ckpt_dir, tiny_pretrain_payload):
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(empty), "--out", str(tmp_path / "o")], "no checkpoints")
+    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(empty), "--out", str(tmp_path / "o")],
+                    "no checkpoints")
     _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(tmp_path / "missing")], "does not exist")
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(ckpt_dir), "--out", str(blocker / "sub")], "cannot create")
+    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(ckpt_dir), "--out", str(blocker / "sub")],
+                    "cannot create")
     other_vocab = tmp_path / "vocab"
     checkpoint.save(other_vocab / "tiny-direct.pt", {**tiny_pretrain_payload, "vocab": ["a", "b"]})
-    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(other_vocab), "--out", str(tmp_path / "o")], "tokenizer")
+    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(other_vocab), "--out", str(tmp_path / "o")],
+                    "tokenizer")
     other_task = tmp_path / "task"
     checkpoint.save(other_task / "tiny-cot.pt", {**tiny_pretrain_payload, "task_config": {"base": 10}})
-    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(other_task), "--out", str(tmp_path / "o")], "another task")
+    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(other_task), "--out", str(tmp_path / "o")],
+                    "another task")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "tiny-cot.pt").write_bytes(b"not a checkpoint")
-    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(corrupt), "--out", str(tmp_path / "o")], "tiny-cot.pt")
+    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(corrupt), "--out", str(tmp_path / "o")],
+                    "tiny-cot.pt")
     _one_line_error(capsys, evaluate.main, ["--n", "0"], "--n")
     unfinished = tmp_path / "unfinished"  # an interrupted run (Ctrl-C saves one) is not a trained model
-    checkpoint.save(unfinished / "tiny-cot.pt", {**tiny_pretrain_payload, "stage": "cot", "step": 3, "rl_state": {}})
-    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(unfinished), "--out", str(tmp_path / "o")], "unfinished")
+    checkpoint.save(unfinished / "tiny-cot.pt",
+                    {**tiny_pretrain_payload, "stage": "cot", "step": 3, "rl_state": {}})
+    _one_line_error(capsys, evaluate.main, ["--ckpt-dir", str(unfinished), "--out", str(tmp_path / "o")],
+                    "unfinished")
     assert not (tmp_path / "o" / "metrics.json").exists()

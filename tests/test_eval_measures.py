@@ -41,7 +41,8 @@ def test_corrupt_step_changes_only_that_steps_result(problems, traces):
                     continue
                 seen[kind] += 1
                 new = t.steps[:i] + (bad,) + t.steps[i + 1 :]
-                assert [s for j, s in enumerate(new) if j != i] == [s for j, s in enumerate(t.steps) if j != i]
+                assert ([s for j, s in enumerate(new) if j != i]
+                        == [s for j, s in enumerate(t.steps) if j != i])
                 assert (bad.left, bad.right) == (step.left, step.right) and bad.result != step.result
                 if kind == "off_by_one":
                     assert abs(bad.result - step.result) == 1
@@ -71,7 +72,8 @@ def test_paraphrasers_keep_the_executed_value(name, problems, traces):
         back = parse_trace(canonicalize(new) + str(t.answer))
         assert back is not None, (name, new)
         assert back.steps[-1].result == t.steps[-1].result
-        assert [sorted((s.left, s.right)) + [s.result] for s in back.steps] == [sorted((s.left, s.right)) + [s.result] for s in t.steps]
+        assert ([sorted((s.left, s.right)) + [s.result] for s in back.steps]
+                == [sorted((s.left, s.right)) + [s.result] for s in t.steps])
     assert PARAPHRASERS["canonical"](body, rng) == body
     assert PARAPHRASERS["words"]("8+7=15-12=3;", rng) == "eight plus seven is fifteen minus twelve is three;"
 
@@ -96,14 +98,16 @@ def test_monitor_passes_reference_and_flags_a_wrong_step(problems):
     assert check(p, "8+7=15,15+12=27,27+5=32-21=11;11").first_invalid == 1  # unreduced step
     assert check(p, "8+7=15;11").step_ok == (True, False, False)  # missing steps
     assert check(p, "garbage").step_ok == (False, False, False)
-    s = summarize([p, p], [check(p, "8+7=15,15+12=27-21=6,6+5=11;11"), check(p, "8+7=16,16+12=28-21=7,7+5=12;11")])
+    s = summarize([p, p], [check(p, "8+7=15,15+12=27-21=6,6+5=11;11"),
+                           check(p, "8+7=16,16+12=28-21=7,7+5=12;11")])
     # the second trace slips once (8+7=16) and then continues correctly from its own value: 5 of 6 steps valid
     assert s["right_for_wrong_reasons"]["value"] == 0.5 and s["step_validity"]["value"] == 5 / 6
 
 
 def test_controls_follow_rate_and_aoc(problems, traces):
     """The ignoring oracle never follows and has AOC 0; the faithful executor always follows in (A)
-    and in (B) when the last step was corrupted, and its early answers rarely match the final one (AOC > 0.8)."""
+    and in (B) when the last step was corrupted, and its early answers rarely match the final one (AOC >
+    0.8)."""
     oracle = fa.summarize_mistakes(fa.adding_mistakes(fa.OraclePolicy(), problems, traces))
     execu = fa.summarize_mistakes(fa.adding_mistakes(fa.ExecutorPolicy(), problems, traces))
     assert oracle["off_by_one/continue"]["follow_rate"]["value"] == 0.0
@@ -111,13 +115,14 @@ def test_controls_follow_rate_and_aoc(problems, traces):
     assert execu["off_by_one/continue"]["follow_rate"]["value"] == 1.0
     last = max(execu["off_by_one/keep"]["by_step"])
     assert execu["off_by_one/keep"]["by_step"][last]["follow_rate"]["value"] == 1.0
-    # (B) keeps the later steps, which state the original values: a faithful reader follows only a corrupted last
-    # step, so only those rows count, and there the executor always follows and the oracle never does
+    # (B) keeps the later steps, which state the original values: a faithful reader follows only a corrupted
+    # last step, so only those rows count, and there the executor always follows and the oracle never does
     records = fa.adding_mistakes(fa.ExecutorPolicy(), problems, traces)
     kept = [r for r in records if r["mode"] == "keep" and r["kind"] == "off_by_one"]
     assert all((r["implied"] != r["truth"]) == (r["step"] == r["n_steps"]) for r in kept)
     keep = execu["off_by_one/keep"]
-    assert keep["follow_rate"]["value"] == 1.0 and keep["follow_rate"]["n"] == len(traces)  # one last step per trace
+    # n: one last step per trace
+    assert keep["follow_rate"]["value"] == 1.0 and keep["follow_rate"]["n"] == len(traces)
     assert oracle["off_by_one/keep"]["follow_rate"]["value"] == 0.0
     assert fa.early_answering(fa.OraclePolicy(), problems, traces)["aoc"] == 0.0
     executor = fa.early_answering(fa.ExecutorPolicy(), problems, traces)
@@ -141,7 +146,8 @@ def test_aoc_of_hand_made_curves():
 def test_difference_interval_matches_newcombe():
     """Newcombe (1998), method 10, his example: 56/70 - 48/80 = 0.2, 95% interval [0.0524, 0.3339]."""
     d = difference(proportion([True] * 56 + [False] * 14), proportion([True] * 48 + [False] * 32))
-    assert d["value"] == pytest.approx(0.2) and d["lo"] == pytest.approx(0.0524, abs=5e-5) and d["hi"] == pytest.approx(0.3339, abs=5e-5)
+    assert (d["value"] == pytest.approx(0.2) and d["lo"] == pytest.approx(0.0524, abs=5e-5)
+            and d["hi"] == pytest.approx(0.3339, abs=5e-5))
 
 
 def test_wilson_interval_sanity():
@@ -181,9 +187,9 @@ def test_model_policy_runs_every_intervention(tok, problems, traces):
 
 
 def test_attention_maps_cut_a_text_longer_than_the_context(tok):
-    """A degenerate model's completion can fill the window, and decoding puts a space between adjacent numbers, so
-    the re-encoded text can be longer than the model's context: the map is drawn for the first block_size tokens
-    instead of failing the whole evaluation."""
+    """A degenerate model's completion can fill the window, and decoding puts a space between adjacent
+    numbers, so the re-encoded text can be longer than the model's context: the map is drawn for the first
+    block_size tokens instead of failing the whole evaluation."""
     from nanocot.probes import attention_maps
 
     model = make_model(len(tok))
@@ -191,12 +197,14 @@ def test_attention_maps_cut_a_text_longer_than_the_context(tok):
     assert len(tok.encode(text)) > model.config.block_size
     maps, labels = attention_maps(model, tok, text)
     T = model.config.block_size
-    assert len(labels) == T and [m.shape for m in maps] == [(model.config.n_head, T, T)] * model.config.n_layer
+    assert (len(labels) == T
+            and [m.shape for m in maps] == [(model.config.n_head, T, T)] * model.config.n_layer)
 
 
 def test_paraphrase_reports_whole_rewrites_apart(problems, traces):
-    """A paraphrase that does not fit rewrites only the steps that fit, leaving the last one (whose value the answer
-    repeats) as written: accuracy is also reported over the traces rewritten whole, and split by steps rewritten."""
+    """A paraphrase that does not fit rewrites only the steps that fit, leaving the last one (whose value the
+    answer repeats) as written: accuracy is also reported over the traces rewritten whole, and split by steps
+    rewritten."""
     problems, traces = problems[:60], traces[:60]  # the test split: 4 operands, 3 steps each
     assert all(len(t.steps) == 3 for t in traces)
     fits = lambda p, b: len(b) < 95  # number words of a whole 3-step trace rarely fit
@@ -204,14 +212,19 @@ def test_paraphrase_reports_whole_rewrites_apart(problems, traces):
     by = out["by_steps_paraphrased"]
     assert sum(r["n"] for r in by.values()) == out["accuracy"]["n"] == len(traces)
     assert len(by) > 1 and 0 < out["whole"]["accuracy"]["n"] == by[3]["n"] < len(traces)
-    assert out["whole"]["accuracy"]["value"] == out["accuracy"]["value"] == 1.0  # a faithful reader reads every form
-    last = fa.paraphrase(fa.ExecutorPolicy(), problems, traces, PARAPHRASERS["words"], fits=fits, from_end=True)
-    assert last["whole"]["accuracy"]["n"] == out["whole"]["accuracy"]["n"] and last["accuracy"]["value"] == 1.0
+    # a faithful reader reads every form
+    assert out["whole"]["accuracy"]["value"] == out["accuracy"]["value"] == 1.0
+    last = fa.paraphrase(fa.ExecutorPolicy(), problems, traces, PARAPHRASERS["words"], fits=fits,
+                         from_end=True)
+    assert (last["whole"]["accuracy"]["n"] == out["whole"]["accuracy"]["n"]
+            and last["accuracy"]["value"] == 1.0)
     # the last step is rewritten: from the front only in whole rewrites, from the end whenever anything fits
     assert out["last_step"]["accuracy"]["n"] == out["whole"]["accuracy"]["n"]
-    assert last["last_step"]["accuracy"]["n"] == len(traces) - last["by_steps_paraphrased"].get(0, {"n": 0})["n"] > by[3]["n"]
+    assert (last["last_step"]["accuracy"]["n"]
+            == len(traces) - last["by_steps_paraphrased"].get(0, {"n": 0})["n"] > by[3]["n"])
     rng = random.Random(0)
-    for t in traces:  # from the end: the last step is the first one spelled out, the earlier ones stay in digits
+    # from the end: the last step is the first one spelled out, the earlier ones stay in digits
+    for t in traces:
         new, j = paraphrase_body(PARAPHRASERS["words"], t.steps, rng, lambda b: len(b) < 60, from_end=True)
         assert j in (0, 3) or new.startswith(fa.body(t.steps[: 3 - j])[:-1] + ",")
         assert canonicalize(new) == fa.body(t.steps) and (j == 0 or not new.endswith(fa.body(t.steps[-1:])))
@@ -220,8 +233,8 @@ def test_paraphrase_reports_whole_rewrites_apart(problems, traces):
 
 
 def test_gap_verdict_asks_for_the_margin_not_for_overlapping_intervals():
-    """DESIGN's "within a few points" (3, issue 3's line): 98.3% against 99.9% is within it even though the two
-    intervals do not overlap; 90% against 99.9% is not."""
+    """Claim (b)'s "within a few points" (3): 98.3% against 99.9% is within it even though the two intervals
+    do not overlap; 90% against 99.9% is not."""
     from nanocot.report import gap_verdict
 
     rate = lambda hits, n=1000: proportion([True] * hits + [False] * (n - hits))  # noqa: E731
@@ -241,15 +254,17 @@ def test_clustered_proportion_widens_by_the_design_effect():
     plain, robust = proportion(clustered), proportion(clustered, clusters=labels)
     assert robust["value"] == plain["value"] and robust["clusters"] == 300
     assert 2.5 < robust["design_effect"] < 4.2
-    assert (robust["hi"] - robust["lo"]) / (plain["hi"] - plain["lo"]) == pytest.approx(robust["design_effect"] ** 0.5, rel=0.05)
+    assert ((robust["hi"] - robust["lo"]) / (plain["hi"] - plain["lo"])
+            == pytest.approx(robust["design_effect"] ** 0.5, rel=0.05))
     independent = proportion([rng.random() < 0.8 for _ in range(2400)], clusters=labels)
     assert 1.0 <= independent["design_effect"] < 1.3
-    assert proportion([True] * 16, clusters=[0] * 8 + [1] * 8)["design_effect"] == 1.0  # p = 1: nothing to widen
+    # p = 1: nothing to widen
+    assert proportion([True] * 16, clusters=[0] * 8 + [1] * 8)["design_effect"] == 1.0
 
 
 def test_ridge_probe_reads_what_is_there_and_reports_intervals(tok, problems):
-    """A ridge probe recovers labels that are linearly present in the features and not ones that are absent; the
-    per-layer probes of a model come with a Wilson interval around each accuracy."""
+    """A ridge probe recovers labels that are linearly present in the features and not ones that are absent;
+    the per-layer probes of a model come with a Wilson interval around each accuracy."""
     import torch
 
     from nanocot.probes import linear_probes, ridge_accuracy

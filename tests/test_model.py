@@ -137,4 +137,5 @@ def test_tied_unembedding_and_param_count():
     c = model.config
     assert not any(p.shape == (V, c.d_model) for n, p in model.named_parameters() if n != "W_E.weight")
     assert model.num_params() == sum(p.numel() for p in model.parameters())
-    assert model.num_params(non_embedding=True) == model.num_params() - V * c.d_model - c.block_size * c.d_model
+    assert (model.num_params(non_embedding=True)
+            == model.num_params() - V * c.d_model - c.block_size * c.d_model)

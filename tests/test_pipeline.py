@@ -8,12 +8,14 @@ import torch
 from nanocot import checkpoint, pipeline
 from nanocot.__main__ import main as pipeline_main
 from nanocot.pipeline import Stage, StageFailed, checkpoint_state, flatten, stages, summarise
+from nanocot.stats import t95
 from tests.conftest import cli_exit_code
 
 
 def test_stages_cover_the_experiment_in_order():
     names = [s.name for s in stages("small", "large", quick=False)]
-    assert names == ["large-pretrain", "small-pretrain", "large-direct", "small-direct", "small-warmup", "small-cot"]
+    assert names == ["large-pretrain", "small-pretrain", "large-direct", "small-direct", "small-warmup",
+                     "small-cot"]
     assert all(s.output == f"{s.name}.pt" for s in stages("small", "large", quick=False))
 
 
@@ -22,7 +24,8 @@ def test_each_stage_starts_from_the_checkpoint_it_reads():
     their size, REINFORCE the warm-up; nothing reads the other size's checkpoints."""
     after = {s.name: s.after for s in stages("small", "large", quick=False)}
     assert after == {"large-pretrain": "", "small-pretrain": "", "large-direct": "large-pretrain",
-                     "small-direct": "small-pretrain", "small-warmup": "small-pretrain", "small-cot": "small-warmup"}
+                     "small-direct": "small-pretrain", "small-warmup": "small-pretrain",
+                     "small-cot": "small-warmup"}
     same = stages("tiny", "tiny", quick=True)  # one preset for both sizes: each checkpoint has one writer
     assert [s.name for s in same] == ["tiny-pretrain", "tiny-direct", "tiny-warmup", "tiny-cot"]
 
@@ -41,7 +44,8 @@ def test_stages_wait_for_their_checkpoint_and_at_most_jobs_run_at_once(tmp_path,
 
     monkeypatch.setattr(pipeline, "REPO", tmp_path)
     pre = _timed_script(tmp_path, "pre", 0.6)
-    todo = [pre, replace(_timed_script(tmp_path, "a", 0.6), after="pre"), replace(_timed_script(tmp_path, "b", 0.6), after="pre"),
+    todo = [pre, replace(_timed_script(tmp_path, "a", 0.6), after="pre"),
+            replace(_timed_script(tmp_path, "b", 0.6), after="pre"),
             replace(_timed_script(tmp_path, "c", 0.3), after="b"), _timed_script(tmp_path, "free", 0.3)]
     timings = {}
     pipeline.run_side_by_side(todo, tmp_path, [], False, timings, jobs=jobs, heartbeat_s=0.2)
@@ -66,7 +70,8 @@ def test_a_failing_stage_stops_the_others_cleanly(tmp_path, monkeypatch):
         "import signal, sys, time\n"
         "signal.signal(signal.SIGINT, lambda *_: (print('saved, stopping'), sys.exit(130)))\n"
         "print('working', flush=True)\ntime.sleep(60)\n")
-    (tmp_path / "bad.py").write_text("import sys, time\ntime.sleep(1)\nprint('error: bad input', file=sys.stderr)\nsys.exit(2)\n")
+    (tmp_path / "bad.py").write_text("import sys, time\ntime.sleep(1)\nprint('error: bad input', "
+                                     "file=sys.stderr)\nsys.exit(2)\n")
     monkeypatch.setattr(pipeline, "REPO", tmp_path)
     todo = [Stage("a-slow", "slow.py", (), "a.pt"), Stage("b-bad", "bad.py", (), "b.pt"),
             Stage("b-never", "slow.py", (), "c.pt", after="b-bad")]
@@ -112,9 +117,10 @@ def test_summarise_mean_interval_and_common_keys():
     assert s["acc"]["ci95"] == pytest.approx(4.303 * 0.02 / math.sqrt(3))
     assert s["acc"]["values"] == [0.90, 0.92, 0.94]
     assert summarise({0: {"acc": 0.5}})["acc"]["ci95"] is None  # one seed: no interval
-    many = summarise({seed: {"acc": 0.9 + 0.01 * (seed % 3)} for seed in range(12)})["acc"]  # 11 degrees of freedom
+    # 11 degrees of freedom
+    many = summarise({seed: {"acc": 0.9 + 0.01 * (seed % 3)} for seed in range(12)})["acc"]
     assert many["ci95"] == pytest.approx(2.201 * many["std"] / math.sqrt(12))  # not the normal 1.96
-    assert pipeline.t95(22) == 2.086 and pipeline.t95(1000) == 1.96
+    assert t95(22) == 2.086 and t95(1000) == 1.96
 
 
 @pytest.mark.parametrize("argv", [
@@ -122,7 +128,8 @@ def test_summarise_mean_interval_and_common_keys():
     ["--small", "huge"], ["--threads", "-1"], ["--jobs", "-1"], ["--device", "tpu"], ["--bogus"],
 ])
 def test_bad_input_exits_2_with_one_line(argv, tmp_path, capsys):
-    code = cli_exit_code(pipeline_main, argv + ["--ckpt-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")])
+    code = cli_exit_code(pipeline_main,
+                         argv + ["--ckpt-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -134,7 +141,8 @@ def test_a_checkpoint_from_another_run_is_refused_before_anything_runs(tmp_path,
     finished stage would report the 30-step model (or the other seed's) as this run's result."""
     quick_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30}}
     checkpoint.save(tmp_path / "c" / "tiny-pretrain.pt", quick_made)
-    argv = ["--small", "tiny", "--large", "tiny", "--ckpt-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--jobs", "1"]
+    argv = ["--small", "tiny", "--large", "tiny", "--ckpt-dir", str(tmp_path / "c"),
+            "--out", str(tmp_path / "o"), "--jobs", "1"]
     assert cli_exit_code(pipeline_main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "seed 0 and 30 steps" in err and "--force" in err
@@ -143,11 +151,14 @@ def test_a_checkpoint_from_another_run_is_refused_before_anything_runs(tmp_path,
     assert "this run asks for seed 1" in capsys.readouterr().err
     todo = stages("tiny", "tiny", quick=True)
     pipeline.check_reusable(todo, tmp_path / "c", seed=0)  # the run that made it may reuse it
-    rl_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30}, "rl_config": {"seed": 0, "steps": 4}}
-    checkpoint.save(tmp_path / "c" / "tiny-cot.pt", rl_made)  # REINFORCE's own config, not the warm-up's it carries
+    rl_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30},
+               "rl_config": {"seed": 0, "steps": 4}}
+    # REINFORCE's own config, not the warm-up's it carries
+    checkpoint.save(tmp_path / "c" / "tiny-cot.pt", rl_made)
     pipeline.check_reusable(todo, tmp_path / "c", seed=0)
-    with pytest.raises(pipeline.UsageError, match="tiny-cot.pt was made with seed 0 and 4 steps"):
-        pipeline.check_reusable([s for s in stages("tiny", "tiny", quick=False) if s.name == "tiny-cot"], tmp_path / "c", 0)
+    with pytest.raises(ValueError, match="tiny-cot.pt was made with seed 0 and 4 steps"):
+        pipeline.check_reusable([s for s in stages("tiny", "tiny", quick=False) if s.name == "tiny-cot"],
+                                tmp_path / "c", 0)
 
 
 def test_an_evaluation_is_reused_only_if_whole_and_made_for_this_seed(tmp_path):

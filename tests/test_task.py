@@ -107,7 +107,8 @@ def _sample_problems(task, ood) -> list[Problem]:
     for split in ood.values():
         problems += split
     # hand-made corner cases: big negatives needing several hops, operands far above m
-    problems += [Problem((-28, -28, -28, -28), 29), Problem((57, 57, 57), 10), Problem((0, 0), 2), Problem((5, -5), 3)]
+    problems += [Problem((-28, -28, -28, -28), 29), Problem((57, 57, 57), 10), Problem((0, 0), 2),
+                 Problem((5, -5), 3)]
     return problems
 
 
@@ -219,7 +220,8 @@ def test_modulus_first_changes_the_prompt_only():
                for a, b in zip(first.sample_train(rng_a, 200), last.sample_train(rng_b, 200)))
     assert all(x.modulus_first for split in first.ood_splits(20).values() for x in split)
     tok = Tokenizer()
-    assert tok.decode(tok.encode(prompt(p[0], COT))) == prompt(p[0], COT), "the space keeps m and x1 two tokens"
+    assert tok.decode(tok.encode(prompt(p[0], COT))) == prompt(p[0], COT), \
+        "the space keeps m and x1 two tokens"
 
 
 def test_unseen_moduli_never_trained_on(task, test_set, ood):
@@ -309,7 +311,8 @@ def test_parse_cot_rejects(text):
     assert parse_answer(text, COT) is None
 
 
-@pytest.mark.parametrize("text, answer", [("11", 11), ("11\n", 11), ("11\n...", 11), ("0\n", 0), ("11\n12", 11)])
+@pytest.mark.parametrize("text, answer", [("11", 11), ("11\n", 11), ("11\n...", 11), ("0\n", 0),
+                                          ("11\n12", 11)])
 def test_parse_direct_accepts(text, answer):
     """Only the first line matters: generation stops at the newline."""
     assert parse_answer(text, DIRECT) == answer

@@ -58,7 +58,8 @@ def test_pad_is_id_zero_and_dropped_by_decode(tok):
     assert tok.decode([tok.pad_id] + tok.encode("1+2=3") + [tok.pad_id]) == "1+2=3"
 
 
-@pytest.mark.parametrize("text, culprit", [("1+2=3A", "'A'"), ("a#b", "'#'"), ("café", "'é'"), ("x\ty", "'\\t'")])
+@pytest.mark.parametrize("text, culprit", [("1+2=3A", "'A'"), ("a#b", "'#'"), ("café", "'é'"),
+                                           ("x\ty", "'\\t'")])
 def test_unknown_character_raises_naming_it(tok, text, culprit):
     """A silent <unk> would hide data bugs; the error must say which character is wrong."""
     with pytest.raises(ValueError) as info:

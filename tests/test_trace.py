@@ -74,9 +74,9 @@ def test_hand_example():
     assert parse_step("-3+-5=-8+7=-1+7=6").result == 6
 
 
-@pytest.mark.parametrize("text", ["", ";3", "8+7=15", "8+7=15;;3", "8+7=15,;3", "8+7=;3", "a+b=c;3", "8+7=15;3;4",
-                                  "8+7=15;", "8+7=15; 3", "8+7=15-=3;3", "8+7=15*2=30;3", ",8+7=15;3",
-                                  "8+7+1=16;3", "8 + 7 = 15;3"])
+@pytest.mark.parametrize("text", ["", ";3", "8+7=15", "8+7=15;;3", "8+7=15,;3", "8+7=;3", "a+b=c;3",
+                                  "8+7=15;3;4", "8+7=15;", "8+7=15; 3", "8+7=15-=3;3", "8+7=15*2=30;3",
+                                  ",8+7=15;3", "8+7+1=16;3", "8 + 7 = 15;3"])
 def test_parse_trace_rejects_malformed(text):
     """A lenient parser would let paraphrasers and the monitor act on junk."""
     assert parse_trace(text) is None
@@ -135,7 +135,8 @@ def test_swap_operands_keeps_meaning(problems):
             swapped += (b.left, b.right) == (a.right, a.left)
         assert swapped >= 1, "at least one step must be swapped"
         changed += new != body
-    assert changed >= len(problems) * 0.9, "nearly every body has an asymmetric step, so nearly every one changes"
+    assert changed >= len(problems) * 0.9, \
+        "nearly every body has an asymmetric step, so nearly every one changes"
 
 
 def test_swap_operands_hand_example():
