@@ -29,10 +29,10 @@ from nanocot.cli import (
     run_cli,
     setup_run,
 )
-from nanocot.config import SIZES, TaskConfig, from_dict, to_dict
+from nanocot.config import SIZES, RLConfig, TaskConfig, from_dict, to_dict
 from nanocot.paraphrase import PARAPHRASERS
 from nanocot.plots import plot_rl
-from nanocot.rl import RLConfig, train_rl
+from nanocot.rl import train_rl
 from nanocot.task import ModularAddition
 from nanocot.tokenizer import Tokenizer
 

@@ -8,6 +8,7 @@
 - `CorpusConfig` is the toy pretraining text.
 - `TrainConfig` holds the optimiser, schedule and (for warm-up/direct) the stage's operand-count mix;
   `STAGE_DEFAULTS` gives each stage's defaults.
+- `RLConfig` holds REINFORCE's knobs.
 """
 
 from dataclasses import asdict, dataclass, replace
@@ -104,6 +105,44 @@ class TrainConfig:
     stop_nearest: bool = False
 
 
+@dataclass(frozen=True)
+class RLConfig:
+    """REINFORCE's knobs (nanocot/rl.py). The defaults take the one-head small model from a warm-up stopped
+    at 70% to within a few points of the large model in 2,000 steps (docs/LOG.md, 2026-11-27)."""
+
+    steps: int = 2000
+    prompts_per_step: int = 32
+    samples_per_prompt: int = 8
+    lr: float = 4e-4  # with the warm-up and cosine below; 1e-3 collapsed
+    beta1: float = 0.99  # one batch's policy gradient is mostly noise: follow a ~100-step average of it
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 300  # Adam's first steps are full-size whatever the gradient's noise
+    lr_schedule: str = "cosine"  # "constant" or "cosine" (to 0 at the last step: less noise at the end)
+    temperature: float = 0.7  # the hard tail needs the minority choice explored; 0.5 and 1.0 learned slower
+    top_k: int = 0  # 0 = no top-k filtering
+    baseline: str = "loo"  # "loo" (leave-one-out), "mean" (group mean) or "none" (advantage = reward)
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    # with the KL penalty off, the logged KL to the start policy is estimated on this many learned samples
+    # (0 = all) every `kl_log_every`-th step (NaN between): the start policy's forward is not free
+    kl_log_samples: int = 64
+    kl_log_every: int = 10
+    curriculum: str = "target"  # "target": always k; "mixed": k in [min_operands, k]; "ramp": easy first
+    # without paraphrase in the loop, a long REINFORCE wears away the warm-up's reading of reworded traces
+    paraphrase_prob: float = 0.15
+    paraphraser: str = "reword,words"  # comma-separated; one drawn per paraphrased sample
+    # share of the paraphrased samples rewritten from the last step back (as the warm-up's read_from_end)
+    paraphrase_from_end: float = 0.5
+    max_new_tokens: int = 80
+    eval_every: int = 250
+    eval_problems: int = 300
+    pass_k: int = 8
+    pass_problems: int = 100
+    seed: int = 0
+
+
 STAGES = ("pretrain", "direct", "warmup")
 
 STAGE_DEFAULTS: dict[str, TrainConfig] = {
@@ -146,6 +185,6 @@ def from_dict(cls, d: dict):
 
 
 __all__ = [
-    "SIZES", "STAGES", "ModelConfig", "TaskConfig", "CorpusConfig", "TrainConfig", "MODEL_PRESETS",
-    "STAGE_DEFAULTS", "model_config", "to_dict", "from_dict"
+    "SIZES", "STAGES", "ModelConfig", "TaskConfig", "CorpusConfig", "TrainConfig", "RLConfig",
+    "MODEL_PRESETS", "STAGE_DEFAULTS", "model_config", "to_dict", "from_dict"
 ]

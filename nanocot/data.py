@@ -1,7 +1,8 @@
 """Training batches: (inputs, targets, loss mask) for the one masked next-token loop.
 
 - Pretraining: windows of the corpus that start at a line boundary, so the model always sees a line's
-  beginning the way a task prompt begins (CALIBRATION.md's trap), loss on every token.
+  beginning the way a task prompt begins (a prompt unlike the corpus loses the pretrained skills),
+  loss on every token.
 - Task stages: prompt + completion, loss only where the mask says: `direct` masks everything but the
   answer (and the newline that ends it, so the model learns to stop); `warmup` (CoT SFT) covers the trace
   and the answer. Rows are right-padded; padding never carries loss.
@@ -65,11 +66,13 @@ class CorpusWindows:
         starts = (self.tokens == tok.newline_id).nonzero().flatten()
         self.starts = starts[starts + seq_len + 1 <= len(self.tokens)]
         if len(self.starts) == 0:
-            raise ValueError(f"corpus of {len(self.tokens)} tokens is shorter than one window of {seq_len + 1}")
+            raise ValueError(f"corpus of {len(self.tokens)} tokens is shorter than one window of "
+                             f"{seq_len + 1}")
         self.seq_len = seq_len
 
     def batch(self, rng: np.random.Generator, batch_size: int, device) -> Batch:
         picks = self.starts[torch.from_numpy(rng.integers(0, len(self.starts), size=batch_size))]
         offsets = picks[:, None] + torch.arange(self.seq_len + 1)  # (B, T+1)
         window = self.tokens[offsets]
-        return window[:, :-1].to(device), window[:, 1:].to(device), torch.ones(batch_size, self.seq_len, device=device)
+        mask = torch.ones(batch_size, self.seq_len, device=device)  # pretraining: every token counts
+        return window[:, :-1].to(device), window[:, 1:].to(device), mask

@@ -26,6 +26,7 @@ from nanocot.config import TaskConfig, from_dict
 from nanocot.metrics import cot_completions
 from nanocot.model import GPT
 from nanocot.monitor import check, summarize
+from nanocot.ood import ood_splits
 from nanocot.paraphrase import PARAPHRASERS
 from nanocot.probes import (
     attention_maps,
@@ -104,7 +105,7 @@ def load_models(folder: Path, device) -> tuple[TaskConfig, list[Entry]]:
 def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, seed: int = 0) -> dict:
     """All measurements for all models; returns metrics.json's dict and writes the plots into `out`."""
     task, tok = ModularAddition(task_cfg), Tokenizer(task_cfg.number_format)
-    splits = {"test": task.test_set(sizes.test), **task.ood_splits(sizes.ood)}
+    splits = {"test": task.test_set(sizes.test), **ood_splits(task, sizes.ood)}
     metrics: dict = {"task": {"operands": task_cfg.num_operands,
                               "moduli": [task_cfg.min_modulus, task_cfg.max_modulus],
                               "heldout_moduli": list(task_cfg.heldout_moduli),

@@ -60,7 +60,8 @@ class Steps:
                     raise KeyboardInterrupt(f"interrupted at step {step}")
                 yield step
                 done = step + 1
-                if self.save is not None and self.save_every > 0 and done % self.save_every == 0 and done < self.total:
+                due = self.save_every > 0 and done % self.save_every == 0 and done < self.total
+                if self.save is not None and due:
                     self.save(self.state(done))
 
     def show(self, values: dict[str, str]) -> None:

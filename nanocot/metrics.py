@@ -7,11 +7,12 @@ is one number token, so "argmax at the last prompt position == answer" is exactl
 
 from collections import defaultdict
 
+import numpy as np
 import torch
 
 from nanocot.model import GPT
 from nanocot.sampling import generate
-from nanocot.task import COT, DIRECT, Problem, prompt, reward
+from nanocot.task import COT, DIRECT, ModularAddition, Problem, prompt, reward
 from nanocot.tokenizer import Tokenizer
 
 
@@ -66,3 +67,20 @@ def cot_completions(model: GPT, tok: Tokenizer, problems: list[Problem], **kwarg
 def cot_accuracy(model: GPT, tok: Tokenizer, problems: list[Problem], **kwargs) -> float:
     texts = cot_completions(model, tok, problems, **kwargs)
     return sum(reward(p, t, COT) for p, t in zip(problems, texts)) / len(problems)
+
+
+@torch.no_grad()
+def evaluate_cot(model: GPT, task: ModularAddition, n_greedy: int, n_sampled: int, k: int, temperature: float,
+                 seed: int = 1234) -> dict:
+    """REINFORCE's periodic check: greedy accuracy on `n_greedy` held-out problems, and pass@1 and pass@k on
+    `n_sampled` of them, k samples each at the RL temperature."""
+    tok, test = Tokenizer(task.config.number_format), task.test_set()
+    model.eval()
+    greedy = cot_completions(model, tok, test[:n_greedy])
+    accuracy = float(np.mean([reward(p, t) for p, t in zip(test, greedy)]))
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    repeated = [p for p in test[:n_sampled] for _ in range(k)]
+    texts = cot_completions(model, tok, repeated, greedy=False, temperature=temperature, generator=generator)
+    hits = np.array([reward(p, t) for p, t in zip(repeated, texts)]).reshape(-1, k)
+    model.train()
+    return {"test_accuracy": accuracy, "pass@1": float(hits.mean()), f"pass@{k}": float(hits.max(1).mean())}

@@ -19,7 +19,7 @@ import re
 from typing import Callable, Sequence
 
 from nanocot.corpus import number_word
-from nanocot.trace import Step, body, parse_step
+from nanocot.trace import Step, body, parse_step, split_answer
 
 
 def parse_body(body: str) -> list[Step] | None:
@@ -130,3 +130,21 @@ def paraphrase_body(paraphraser, steps: Sequence[Step], rng: random.Random, fits
 
 
 PARAPHRASERS = {"swap": swap_operands, "canonical": canonical, "reword": reword, "words": to_words}
+
+
+def paraphrase_sampled(text: str, rng: random.Random, prob: float, names: list[str], from_end_prob: float,
+                       fits: Callable[[str], bool]) -> tuple[str | None, bool]:
+    """Paraphrase in REINFORCE's loop, for one sampled completion `steps;answer`: with probability `prob` its
+    trace rewritten by one of `names` (drawn), from the last step back with probability `from_end_prob`, as
+    many steps as `fits` (as in the warm-up and the evaluation). Returns the new trace, or None if not drawn
+    or nothing changed; and whether it was drawn but cannot be read (REINFORCE then pays it nothing)."""
+    parts = split_answer(text)
+    if prob == 0 or not parts or rng.random() >= prob:
+        return None, False
+    name = names[rng.randrange(len(names))] if len(names) > 1 else names[0]
+    steps = parse_body(parts[0])
+    if steps is None:
+        return None, True
+    from_end = from_end_prob > 0 and rng.random() < from_end_prob
+    new_body, paraphrased = paraphrase_body(PARAPHRASERS[name], steps, rng, fits, from_end)
+    return (new_body if paraphrased else None), False

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanocot import checkpoint
-from nanocot.config import STAGE_DEFAULTS
-from nanocot.rl import RLConfig
+from nanocot.config import STAGE_DEFAULTS, RLConfig
 from nanocot.stats import t95
 
 REPO = Path(__file__).resolve().parent.parent

@@ -28,58 +28,19 @@ import torch
 import torch.nn.functional as F
 
 from nanocot import fast
-from nanocot.config import TrainConfig
+from nanocot.config import RLConfig, TrainConfig
 from nanocot.data import collate
 from nanocot.fast import cpu as fast_cpu
 from nanocot.fast.ragged import generate_ragged
 from nanocot.loop import Steps, check_finite
-from nanocot.metrics import cot_completions
+from nanocot.metrics import evaluate_cot
 from nanocot.model import GPT
-from nanocot.paraphrase import PARAPHRASERS, paraphrase_body, parse_body
+from nanocot.paraphrase import paraphrase_sampled
 from nanocot.sampling import generate
 from nanocot.task import COT, ModularAddition, Problem, prompt, reward
 from nanocot.tokenizer import Tokenizer
 from nanocot.trace import split_answer
 from nanocot.train import fused_adam, lr_at
-
-
-@dataclass(frozen=True)
-class RLConfig:
-    """REINFORCE's knobs. The defaults take the one-head small model from a warm-up stopped at 70% to within a
-    few points of the large model in 2,000 steps (docs/LOG.md, 2026-11-27)."""
-
-    steps: int = 2000
-    prompts_per_step: int = 32
-    samples_per_prompt: int = 8
-    lr: float = 4e-4  # with the warm-up and cosine below; 1e-3 collapsed
-    # beta1 0.99: one batch's policy gradient is mostly noise, and Adam's step then follows a ~100-step average
-    beta1: float = 0.99
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    warmup_steps: int = 300  # Adam's first steps are full-size whatever the gradient's noise
-    lr_schedule: str = "cosine"  # "constant" or "cosine" (to 0 at the last step: less noise at the end)
-    temperature: float = 0.7  # the hard tail needs the minority choice explored; 0.5 and 1.0 learned slower
-    top_k: int = 0  # 0 = no top-k filtering
-    baseline: str = "loo"  # "loo" (leave-one-out), "mean" (group mean) or "none" (advantage = reward)
-    kl_coef: float = 0.0
-    entropy_coef: float = 0.0
-    # with the KL penalty off, the logged KL to the start policy is estimated on this many learned samples
-    # (0 = all) every `kl_log_every`-th step (NaN between): the start policy's forward is not free
-    kl_log_samples: int = 64
-    kl_log_every: int = 10
-    curriculum: str = "target"  # "mixed": k uniform in [min_operands, k]; "target": always k; "ramp": easy first
-    # without paraphrase in the loop, a long REINFORCE wears away the warm-up's reading of reworded traces
-    paraphrase_prob: float = 0.15
-    paraphraser: str = "reword,words"  # comma-separated; one drawn per paraphrased sample
-    # share of the paraphrased samples rewritten from the last step back (as the warm-up's read_from_end)
-    paraphrase_from_end: float = 0.5
-    max_new_tokens: int = 80
-    eval_every: int = 250
-    eval_problems: int = 300
-    pass_k: int = 8
-    pass_problems: int = 100
-    seed: int = 0
 
 
 @dataclass
@@ -140,25 +101,27 @@ def sequence_logprobs(model: GPT, contexts: list[list[int]], generated: list[lis
 def learning_rate(config: RLConfig, step: int) -> float:
     """Linear warm-up, then constant, or the supervised stages' cosine (train.lr_at) decaying to 0."""
     if config.lr_schedule == "cosine":
-        schedule = TrainConfig(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps, min_lr_ratio=0.0)
-        return lr_at(step, schedule)
+        return lr_at(step, TrainConfig(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps,
+                                       min_lr_ratio=0.0))
     if config.lr_schedule == "constant":
         return config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
     raise ValueError(f"unknown lr schedule {config.lr_schedule!r}: use 'constant' or 'cosine'")
 
 
 class Reinforce:
-    """The policy, its optimizer, the frozen starting policy and the random streams; `step()` is one update."""
+    """The policy, its optimizer, the frozen start policy and the random streams; `step()` is one update."""
 
     def __init__(self, model: GPT, task: ModularAddition, config: RLConfig, reference: GPT | None = None):
         self.model, self.task, self.config = model, task, config
         self.tok = Tokenizer(task.config.number_format)
         self.reference = reference  # the starting policy, for the KL term and the KL log
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+        betas = (config.beta1, config.beta2)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas,
                                            weight_decay=config.weight_decay, fused=fused_adam(model))
-        self.rng = np.random.default_rng(config.seed)  # problems
-        self.py_rng = random.Random(config.seed)  # paraphrases
-        self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(config.seed)  # samples
+        device = next(model.parameters()).device
+        self.rng = np.random.default_rng(config.seed)  # draws the problems
+        self.py_rng = random.Random(config.seed)  # draws the paraphrases
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)  # draws the samples
         self.step_index = 0
 
     def step(self) -> dict:
@@ -170,9 +133,10 @@ class Reinforce:
         adv = advantages(rollout.rewards, cfg.baseline)  # (P, G)
         informative = (adv != 0).any(1)  # (P,): groups with any signal
         every = cfg.kl_coef > 0 or cfg.entropy_coef > 0  # these terms touch every sample
-        learned = [[s for s in batch if every or informative[s.sample // G]] for batch in (rollout.traces,
-                                                                                            rollout.answers)]
-        stats = {"reward": rollout.rewards.mean().item(), "informative_groups": informative.float().mean().item(),
+        learns = lambda s: every or bool(informative[s.sample // G])
+        learned = [[s for s in rollout.traces if learns(s)], [s for s in rollout.answers if learns(s)]]
+        stats = {"reward": rollout.rewards.mean().item(),
+                 "informative_groups": informative.float().mean().item(),
                  "trace_length": float(np.mean(rollout.lengths)), "flops": self._flops(rollout, learned)}
         times = lambda: {"seconds_sampling": t1 - t0, "seconds_learning": time.perf_counter() - t1}
         if not informative.any():
@@ -191,7 +155,7 @@ class Reinforce:
         return {**stats, **logged, "loss": loss.item(), "skipped": 0.0, **times()}
 
     def rollout(self, problems: list[Problem]) -> Rollout:
-        """Sample G completions per problem; paraphrase some traces and re-sample their answers; reward all."""
+        """Sample G completions per problem; paraphrase some traces and re-sample their answers; reward."""
         cfg, tok, G = self.config, self.tok, self.config.samples_per_prompt
         prompts = [tok.encode(prompt(p, COT)) for p in problems for _ in range(G)]
         self.model.eval()
@@ -199,10 +163,13 @@ class Reinforce:
                            temperature=cfg.temperature, top_k=cfg.top_k or None, generator=self.generator)
         written = [row[:n] for row, n in zip(samples.tokens.tolist(), samples.lengths())]
         traces, texts, reread, unreadable = [], [], [], set()
+        paraphrasers = cfg.paraphraser.split(",")
         for i, ids in enumerate(written):
             text = tok.decode(ids)
             room = self.model.config.block_size - len(prompts[i]) - 2  # keep space for "answer\n"
-            new_body, cannot_read = self._paraphrase(text, room)
+            fits = lambda body, room=room: len(tok.encode(body)) <= room
+            new_body, cannot_read = paraphrase_sampled(text, self.py_rng, cfg.paraphrase_prob, paraphrasers,
+                                                       cfg.paraphrase_from_end, fits)
             if new_body is None:  # graded as written
                 traces.append(Segment(prompts[i], ids, i)), texts.append(text)
                 if cannot_read:
@@ -211,29 +178,12 @@ class Reinforce:
                 traces.append(Segment(prompts[i], tok.encode(split_answer(text)[0]), i)), texts.append(None)
                 reread.append(prompts[i] + tok.encode(new_body))
         answers = self._answer_after(reread, [s.sample for s in traces if texts[s.sample] is None])
-        for segment in answers:
-            texts[segment.sample] = tok.decode(segment.context[len(prompts[segment.sample]):] + segment.tokens)
+        for s in answers:  # graded: the paraphrased trace and the answer after it
+            texts[s.sample] = tok.decode(s.context[len(prompts[s.sample]):] + s.tokens)
         self.model.train()
-        rewards = [0.0 if i in unreadable else reward(problems[i // G], texts[i], COT) for i in range(len(written))]
-        return Rollout(traces, answers, texts, torch.tensor(rewards).view(len(problems), G), [len(w) for w in written])
-
-    def _paraphrase(self, text: str, room: int) -> tuple[str | None, bool]:
-        """With probability paraphrase_prob, the trace of `text` rewritten (the longest run of steps whose
-        paraphrase fits in `room` tokens, as in the warm-up and the evaluation); None if not drawn or nothing
-        changed. Second: drawn, but the paraphraser cannot read the trace (then it earns 0)."""
-        cfg, tok = self.config, self.tok
-        parts = split_answer(text)
-        if cfg.paraphrase_prob == 0 or not parts or self.py_rng.random() >= cfg.paraphrase_prob:
-            return None, False
-        names = cfg.paraphraser.split(",")
-        name = names[self.py_rng.randrange(len(names))] if len(names) > 1 else names[0]
-        steps = parse_body(parts[0])
-        if steps is None:
-            return None, True
-        fits = lambda body: len(tok.encode(body)) <= room
-        from_end = cfg.paraphrase_from_end > 0 and self.py_rng.random() < cfg.paraphrase_from_end
-        new_body, paraphrased = paraphrase_body(PARAPHRASERS[name], steps, self.py_rng, fits, from_end)
-        return (new_body if paraphrased else None), False
+        rewards = torch.tensor([0.0 if i in unreadable else reward(problems[i // G], text, COT)
+                                for i, text in enumerate(texts)]).view(len(problems), G)
+        return Rollout(traces, answers, texts, rewards, [len(w) for w in written])
 
     def _answer_after(self, contexts: list[list[int]], owners: list[int]) -> list[Segment]:
         """The answers re-sampled after paraphrased traces (a few tokens after contexts of many lengths)."""
@@ -247,22 +197,25 @@ class Reinforce:
         return [Segment(c, row, i) for c, row, i in zip(contexts, rows, owners)]
 
     def _loss(self, learned: list[list[Segment]], adv: torch.Tensor, informative: torch.Tensor):
-        """The policy-gradient loss over the learned segments (a batch of traces, a batch of answers, run apart
-        so traces are not padded to the answers' contexts), plus the optional entropy and KL terms; and the
-        logged entropy and KL."""
+        """The policy-gradient loss over the learned segments (a batch of traces, a batch of answers: run
+        apart, so traces are not padded to the answers' contexts), plus the optional entropy and KL terms;
+        and the logged entropy and KL."""
         cfg, G = self.config, self.config.samples_per_prompt
         logps, masks, advs = [], [], []
         entropy_sum, n_tokens, kl_sum, kl_tokens = 0.0, 0.0, 0.0, 0.0
-        with_kl = self.reference is not None and (cfg.kl_coef > 0 or self.step_index % max(1, cfg.kl_log_every) == 0)
+        kl_due = cfg.kl_coef > 0 or self.step_index % max(1, cfg.kl_log_every) == 0
+        with_kl = self.reference is not None and kl_due
         kl_samples = self._kl_samples(learned)
         for batch in learned:
             if not batch:
                 continue
-            logp, entropy, mask = sequence_logprobs(self.model, [s.context for s in batch],
-                                                    [s.tokens for s in batch], self.tok.pad_id, cfg.entropy_coef > 0)
+            contexts, tokens = [s.context for s in batch], [s.tokens for s in batch]
+            logp, entropy, mask = sequence_logprobs(self.model, contexts, tokens, self.tok.pad_id,
+                                                    cfg.entropy_coef > 0)  # (S, T) each
             owners = torch.tensor([s.sample for s in batch])
-            keep = informative[owners // G].float().to(logp.device)  # (S,): uninformative groups carry no loss
-            logps.append(logp), masks.append(mask * keep[:, None]), advs.append(adv[owners].to(logp.device) * keep)
+            keep = informative[owners // G].float().to(logp.device)  # (S,): 0 for groups without signal
+            logps.append(logp), masks.append(mask * keep[:, None])
+            advs.append(adv[owners].to(logp.device) * keep)
             entropy_sum, n_tokens = entropy_sum + entropy.sum(), n_tokens + mask.sum()
             if with_kl:
                 kl, count = self._kl_to_start(batch, logp, kl_samples)
@@ -278,14 +231,14 @@ class Reinforce:
         return loss, logged
 
     def _kl_samples(self, learned: list[list[Segment]]) -> set[int] | None:
-        """The samples whose KL to the start policy is estimated: all when the KL is in the loss, else the first
-        `kl_log_samples` (the prompts are drawn independently, so the first ones are a random subset)."""
+        """The samples whose KL to the start policy is estimated: all when the KL is in the loss, else the
+        first `kl_log_samples` (the prompts are drawn independently: the first ones are a random subset)."""
         if self.config.kl_coef > 0 or self.config.kl_log_samples == 0:
             return None
         return set(sorted({s.sample for batch in learned for s in batch})[: self.config.kl_log_samples])
 
     def _kl_to_start(self, batch: list[Segment], logp: torch.Tensor, samples: set[int] | None):
-        """Summed k3 estimate of KL(policy || start) over the batch's segments of `samples`, and its tokens."""
+        """The k3 estimate of KL(policy || start) summed over the segments of `samples`, and their tokens."""
         rows = [j for j, s in enumerate(batch) if samples is None or s.sample in samples]
         if not rows:
             return 0.0, 0.0
@@ -311,7 +264,8 @@ class Reinforce:
             return cfg.num_operands
         if self.config.curriculum == "ramp":  # easiest k first, the target k for the last half
             span = cfg.num_operands - cfg.min_operands
-            return min(cfg.num_operands, cfg.min_operands + int(self.step_index / max(1, self.config.steps) * 2 * span + 0.5))
+            frac = self.step_index / max(1, self.config.steps)
+            return min(cfg.num_operands, cfg.min_operands + int(frac * 2 * span + 0.5))
         return int(self.rng.integers(cfg.min_operands, cfg.num_operands + 1))
 
     def state_dict(self) -> dict:
@@ -330,21 +284,6 @@ class Reinforce:
         self.generator.set_state(state["torch_generator"])
 
 
-@torch.no_grad()
-def evaluate_cot(model: GPT, task: ModularAddition, config: RLConfig, seed: int = 1234) -> dict:
-    """Held-out greedy accuracy, and sampled pass@1 and pass@k (k = config.pass_k) at the RL temperature."""
-    tok, test = Tokenizer(task.config.number_format), task.test_set()
-    model.eval()
-    greedy = cot_completions(model, tok, test[: config.eval_problems])
-    accuracy = float(np.mean([reward(p, t) for p, t in zip(test, greedy)]))
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    repeated = [p for p in test[: config.pass_problems] for _ in range(config.pass_k)]
-    texts = cot_completions(model, tok, repeated, greedy=False, temperature=config.temperature, generator=generator)
-    hits = np.array([reward(p, t) for p, t in zip(repeated, texts)]).reshape(-1, config.pass_k)
-    model.train()
-    return {"test_accuracy": accuracy, "pass@1": float(hits.mean()), f"pass@{config.pass_k}": float(hits.max(1).mean())}
-
-
 def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT | None = None,
              resume: dict | None = None, save=None, save_every: int = 0) -> dict:
     """Run REINFORCE up to config.steps; returns the run's record (per-step logs and periodic evaluations).
@@ -355,13 +294,15 @@ def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT
     if resume is not None:
         trainer.load_state_dict(resume["trainer"])
         record = resume["record"]
+    check = lambda m: evaluate_cot(m, task, config.eval_problems, config.pass_problems, config.pass_k,
+                                   config.temperature)
     start, elapsed_before = time.perf_counter(), record["seconds"]
     moving = record["steps"][-1]["reward_avg"] if record["steps"] else None
     saving = None if save is None else lambda state: save(record, state)
     steps = Steps(trainer.step_index, config.steps, "rl", lambda _: trainer.state_dict(), saving, save_every)
     for step in steps:
         if config.eval_every > 0 and step % config.eval_every == 0:
-            record["eval"].append({"step": step, **evaluate_cot(model, task, config)})
+            record["eval"].append({"step": step, **check(model)})
         stats = trainer.step()
         moving = stats["reward"] if moving is None else 0.95 * moving + 0.05 * stats["reward"]
         record["steps"].append({"step": step, "reward_avg": moving, **stats})
@@ -370,7 +311,7 @@ def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT
         if record["eval"]:
             shown["acc"] = f"{record['eval'][-1]['test_accuracy']:.2f}"
         steps.show(shown)
-    record["eval"].append({"step": config.steps, **evaluate_cot(model, task, config)})
+    record["eval"].append({"step": config.steps, **check(model)})
     record["seconds"] = elapsed_before + time.perf_counter() - start
     for key in ("seconds_sampling", "seconds_learning", "flops"):
         record[key] = sum(s[key] for s in record["steps"])

@@ -73,12 +73,15 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, stop_id:
         if not 0 < len(p) < model.config.block_size:
             raise ValueError(f"prompt {i} has {len(p)} tokens; it must have 1..{model.config.block_size - 1}")
         groups[len(p)].append(i)
-    choose = partial(choose_next, temperature=temperature, top_k=top_k, greedy=greedy, draw=sampler(generator))
+    choose = partial(choose_next, temperature=temperature, top_k=top_k, greedy=greedy,
+                     draw=sampler(generator))
     for length, rows in groups.items():
         budget = min(max_new_tokens, model.config.block_size - length)
         prompt = torch.tensor([prompts[i] for i in rows], device=device)  # (B, length)
-        graphed = cuda_graphs.decoder(model, prompt.shape, budget, stop_id, pad_id, temperature, top_k, greedy,
-                                      choose_next) if use_cache and cuda_graphs.enabled(device) else None
+        graphed = None
+        if use_cache and cuda_graphs.enabled(device):  # a recorded decoder, once this shape has recurred
+            graphed = cuda_graphs.decoder(model, prompt.shape, budget, stop_id, pad_id, temperature, top_k,
+                                          greedy, choose_next)
         if graphed is not None:
             t, lp, m = graphed.run(prompt, generator)
         else:

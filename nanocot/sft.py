@@ -27,8 +27,10 @@ from nanocot.tokenizer import Tokenizer
 from nanocot.train import train
 
 
-def _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, history, num_examples=0) -> dict:
+def _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, history,
+             num_examples=0) -> dict:
     """The checkpoint of a stage; `history` lists the stages before it (this one is appended)."""
+    steps, seconds, flops = len(record["step"]), record["seconds"], record["flops"]
     return {
         "size": size,
         "stage": stage,
@@ -39,12 +41,12 @@ def _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, h
         "vocab": list(tok.vocab),
         "params": model.num_params(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "step": len(record["step"]),
+        "step": steps,
         "num_examples": num_examples,
-        "seconds": record["seconds"],
-        "flops": record["flops"],
+        "seconds": seconds,
+        "flops": flops,
         "record": record,
-        "history": history + [{"stage": stage, "steps": len(record["step"]), "seconds": record["seconds"], "flops": record["flops"]}],
+        "history": history + [{"stage": stage, "steps": steps, "seconds": seconds, "flops": flops}],
     }
 
 
@@ -61,7 +63,7 @@ class AccuracyStop:
     `threshold`, so REINFORCE starts from a known gap wherever chaining steps happens to appear. Chaining can
     appear within 25 steps, so with `nearest` the run ends at the evaluation before instead when that one was
     nearer the threshold (docs/LOG.md, 2026-11-27). The rolled-back steps leave the record's per-step logs and
-    their evaluation moves to record["overshot"]; their tokens, FLOPs and seconds stay counted (they were spent)."""
+    their evaluation moves to record["overshot"]; their tokens, FLOPs and seconds stay counted (spent)."""
 
     def __init__(self, threshold: float, nearest: bool):
         self.threshold, self.nearest = threshold, nearest
@@ -88,6 +90,7 @@ class AccuracyStop:
 
 def pretrain(size: str, train_cfg: TrainConfig, task_cfg: TaskConfig, corpus_cfg: CorpusConfig, device,
              resume: dict | None = None, save=None, save_every: int = 0) -> dict:
+    """Next-token pretraining on the toy corpus, loss on every token."""
     tok = Tokenizer(task_cfg.number_format)
     torch.manual_seed(train_cfg.seed)
     model = GPT(model_config(size, len(tok))).to(device)
@@ -96,8 +99,9 @@ def pretrain(size: str, train_cfg: TrainConfig, task_cfg: TaskConfig, corpus_cfg
     windows = CorpusWindows(tok, corpus_text(corpus_cfg, task_cfg), model.config.block_size)
     rng = np.random.default_rng(train_cfg.seed)
     make = lambda record: _payload(model, size, "pretrain", train_cfg, task_cfg, corpus_cfg, tok, record, [])
-    record = train(model, train_cfg, lambda step: windows.batch(rng, train_cfg.batch_size, device), desc=f"{size} pretrain",
-                   rng=rng, resume=resume["train_state"] if resume else None, save=_saver(save, make), save_every=save_every)
+    record = train(model, train_cfg, lambda step: windows.batch(rng, train_cfg.batch_size, device),
+                   desc=f"{size} pretrain", rng=rng, resume=resume["train_state"] if resume else None,
+                   save=_saver(save, make), save_every=save_every)
     record["corpus_tokens"] = len(windows.tokens)
     return make(record)
 
@@ -111,17 +115,32 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
     pretrained payload's configs and history too, so `pretrained` may be the same payload).
     """
     task_cfg = from_dict(TaskConfig, pretrained["task_config"])
-    tok = Tokenizer(task_cfg.number_format)
-    task = ModularAddition(task_cfg)
-    # this stage's operand-count mix (same split: which problems are test problems does not depend on it)
-    batch_task = task if train_cfg.easier_fraction is None else \
-        ModularAddition(replace(task_cfg, easier_fraction=train_cfg.easier_fraction))
+    tok, task = Tokenizer(task_cfg.number_format), ModularAddition(task_cfg)
     mode = DIRECT if stage == "direct" else COT
     model = build_model(resume or pretrained, device)
-    history = resume["history"][:-1] if resume is not None else pretrained["history"]  # the stages before this one
+    history = resume["history"][:-1] if resume is not None else pretrained["history"]  # the stages before
     rng = np.random.default_rng(train_cfg.seed)
-    pool = batch_task.sample_train(rng, num_examples) if num_examples > 0 else None  # drawn again on resume: same pool
+    next_batch = _task_batches(task, tok, mode, train_cfg, num_examples, rng, model.config.block_size, device)
+    corpus_cfg = from_dict(CorpusConfig, pretrained["corpus_config"])
+    size = pretrained["size"]
+    make = lambda record: _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, history,
+                                   num_examples)
+    stop = AccuracyStop(train_cfg.stop_accuracy, train_cfg.stop_nearest) if train_cfg.stop_accuracy else None
+    record = train(model, train_cfg, next_batch, _evaluator(task, tok, mode), stop, desc=f"{size} {stage}",
+                   rng=rng, resume=resume["train_state"] if resume else None, save=_saver(save, make),
+                   save_every=save_every)
+    record["num_examples"] = num_examples
+    return make(record)
 
+
+def _task_batches(task: ModularAddition, tok: Tokenizer, mode: str, train_cfg: TrainConfig, num_examples: int,
+                  rng: np.random.Generator, block_size: int, device):
+    """`next_batch(step)` for a task stage, drawing from `rng` (so a resumed run replays it exactly). A share
+    `paraphrase_fraction` of the warm-up's examples teach reading a paraphrased trace (data.py)."""
+    # this stage's operand-count mix (same split: which problems are test problems does not depend on it)
+    batch_task = task if train_cfg.easier_fraction is None else \
+        ModularAddition(replace(task.config, easier_fraction=train_cfg.easier_fraction))
+    pool = batch_task.sample_train(rng, num_examples) if num_examples > 0 else None  # drawn again on resume
     readers = [PARAPHRASERS[name] for name in train_cfg.read_paraphrasers.split(",")] \
         if mode == COT and train_cfg.paraphrase_fraction > 0 else []
 
@@ -129,9 +148,9 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
         """(is it a reading example?, the example)."""
         if readers and rng.random() < train_cfg.paraphrase_fraction:
             paraphraser = readers[int(rng.integers(len(readers)))]
-            wording = random.Random(int(rng.integers(2**31)))  # drawn from rng, so --resume replays it exactly
-            from_end = train_cfg.read_from_end > 0 and rng.random() < train_cfg.read_from_end  # no draw when off
-            return True, reading_example(tok, problem, paraphraser, wording, model.config.block_size, from_end)
+            wording = random.Random(int(rng.integers(2**31)))
+            from_end = train_cfg.read_from_end > 0 and rng.random() < train_cfg.read_from_end
+            return True, reading_example(tok, problem, paraphraser, wording, block_size, from_end)
         return False, task_example(tok, problem, mode)
 
     def next_batch(step: int):
@@ -141,23 +160,24 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
             problems = batch_task.sample_train(rng, train_cfg.batch_size)
         examples = [example(p) for p in problems]
         # reading examples (paraphrased, often in words) run to ~90 tokens where a trace is ~40: collated
-        # apart, the writing rows are not padded to their length (11.9k -> ~6.5k tokens per warm-up step)
+        # apart, the writing rows are not padded to their length
         groups = [[e for reading, e in examples if reading == kind] for kind in (False, True)]
         parts = [collate(group, tok.pad_id, device) for group in groups if group]
         return parts if len(parts) > 1 else parts[0]
 
+    return next_batch
+
+
+def _evaluator(task: ModularAddition, tok: Tokenizer, mode: str):
+    """Held-out and training-split accuracy (the stop reads the training split, so the test set never
+    steers training): greedy first token for direct answers, greedy traces on 300 problems for CoT."""
     test, train_sample = task.test_set(), task.train_sample(1000)
 
     def evaluate(m: GPT) -> dict:
         if mode == DIRECT:
-            return {"test_accuracy": direct_accuracy(m, tok, test), "train_accuracy": direct_accuracy(m, tok, train_sample)}
-        return {"test_accuracy": cot_accuracy(m, tok, test[:300]), "train_accuracy": cot_accuracy(m, tok, train_sample[:300])}
+            return {"test_accuracy": direct_accuracy(m, tok, test),
+                    "train_accuracy": direct_accuracy(m, tok, train_sample)}
+        return {"test_accuracy": cot_accuracy(m, tok, test[:300]),
+                "train_accuracy": cot_accuracy(m, tok, train_sample[:300])}
 
-    corpus_cfg = from_dict(CorpusConfig, pretrained["corpus_config"])
-    make = lambda record: _payload(model, pretrained["size"], stage, train_cfg, task_cfg, corpus_cfg, tok, record, history,
-                                   num_examples)
-    stop = AccuracyStop(train_cfg.stop_accuracy, train_cfg.stop_nearest) if train_cfg.stop_accuracy > 0 else None
-    record = train(model, train_cfg, next_batch, evaluate, stop, desc=f"{pretrained['size']} {stage}", rng=rng,
-                   resume=resume["train_state"] if resume else None, save=_saver(save, make), save_every=save_every)
-    record["num_examples"] = num_examples
-    return make(record)
+    return evaluate

@@ -8,7 +8,7 @@
 - The reference trace is a running sum, one step per operand, each step reduced into [0, m) by repeated
   subtraction (or addition, for negative sums) of m. It ends with ";answer".
 - The train/test split is by the *whole problem* (a keyed hash of operands and modulus), so no test problem
-  is ever trained on, whatever the seed; out-of-distribution (OOD) splits are named and never trained on.
+  is ever trained on, whatever the seed; the out-of-distribution splits are ood.py's.
 - Parsing is strict: a completion that is not exactly the expected shape earns no reward. A lenient parser
   that accepts junk, or a buggy one that rejects everything, silently breaks RL.
 """
@@ -180,44 +180,6 @@ class ModularAddition:
         """A fixed sample of k = num_operands training problems, for train-accuracy curves."""
         rng = np.random.default_rng([self.config.split_seed, 11])
         return self.sample_train(rng, size, k=self.config.num_operands)
-
-    def ood_splits(self, size: int | None = None) -> dict[str, list[Problem]]:
-        """Named out-of-distribution splits, none of them ever trained on."""
-        cfg, size = self.config, size or self.config.ood_size
-        k = cfg.num_operands
-        rng = np.random.default_rng([cfg.split_seed, 13])
-
-        def draw(make) -> list[Problem]:
-            return [make() for _ in range(size)]
-
-        def negative() -> Problem:  # operands in (-b, b), at least one negative (b = the operand bound)
-            m = int(rng.choice(self.train_moduli))
-            b = self.operand_bound(m)
-            while True:
-                ops = tuple(int(x) for x in rng.integers(-b + 1, b, size=k))
-                if min(ops) < 0:
-                    return self.problem(ops, m)
-
-        def larger() -> Problem:  # operands in [0, 2b), at least one >= b (the argument's 6 + 2 mod 5)
-            m = int(rng.choice(self.train_moduli))
-            b = self.operand_bound(m)
-            while True:
-                ops = tuple(int(x) for x in rng.integers(0, 2 * b, size=k))
-                if max(ops) >= b:
-                    return self.problem(ops, m)
-
-        def unseen_moduli() -> Problem:
-            m = int(rng.choice(list(cfg.heldout_moduli)))
-            return self.problem(rng.integers(0, self.operand_bound(m), size=k), m)
-
-        def more_operands() -> Problem:
-            m = int(rng.choice(self.train_moduli))
-            return self.problem(rng.integers(0, self.operand_bound(m), size=k + 2), m)
-
-        splits = {"negative": draw(negative), "larger": draw(larger), "more_operands": draw(more_operands)}
-        if cfg.heldout_moduli:
-            splits["unseen_moduli"] = draw(unseen_moduli)
-        return splits
 
 
 def validate(config: TaskConfig) -> None:

@@ -48,7 +48,8 @@ def make_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices only (biases and LayerNorm gains are not decayed)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=fused_adam(model))
 
 
@@ -93,7 +94,8 @@ def train(model: GPT, config: TrainConfig, next_batch: Callable[[int], Batch | l
     torch.manual_seed(config.seed)
     device = next(model.parameters()).device
     optimizer = make_optimizer(model, config)
-    record = {"step": [], "loss": [], "token_accuracy": [], "eval": [], "tokens": 0, "flops": 0.0, "seconds": 0.0}
+    record = {"step": [], "loss": [], "token_accuracy": [], "eval": [], "tokens": 0, "flops": 0.0,
+              "seconds": 0.0}
     first = 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
@@ -107,10 +109,12 @@ def train(model: GPT, config: TrainConfig, next_batch: Callable[[int], Batch | l
 
     def state(next_step: int) -> dict:  # everything to continue exactly from the start of `next_step`
         return {"step": next_step, "record": record, "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state if rng is not None else None}
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": rng.bit_generator.state if rng is not None else None}  # the data position
 
     start, elapsed_before, stopped = time.perf_counter(), record["seconds"], False
-    steps = Steps(first, config.steps, desc, state, None if save is None else lambda s: save(record, s), save_every)
+    saving = None if save is None else lambda state: save(record, state)
+    steps = Steps(first, config.steps, desc, state, saving, save_every)
     for step in steps:
         if evaluate is not None and config.eval_every > 0 and step % config.eval_every == 0:
             record["eval"].append({"step": step, **_run_eval(model, evaluate)})

@@ -67,7 +67,9 @@ def test_cuda_sampling_cache_equals_recompute_and_logprobs_are_the_models():
             n = int(a.mask[i].sum())
             row = a.tokens[i, :n].tolist()
             logp = F.log_softmax(model(torch.tensor([p + row], device=CUDA)), -1)[0]
-            expected = logp[len(p) - 1 : len(p) - 1 + n].gather(1, torch.tensor(row, device=CUDA)[:, None]).squeeze(1)
+            expected = logp[len(p) - 1 : len(p) - 1 + n].gather(
+                1, torch.tensor(row, device=CUDA)[:, None]
+            ).squeeze(1)
             assert torch.allclose(a.logprobs[i, :n], expected, atol=1e-5)
 
 
@@ -86,9 +88,12 @@ def test_cuda_reinforce_step_runs_and_moves_the_weights(monkeypatch):
 
 
 def test_cuda_train_sft_checkpoint_loads_on_cpu(tmp_path):
-    """A stage run with --device cuda writes a checkpoint whose tensors are on the CPU (loadable anywhere)."""
-    run = lambda *a: subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--size", "tiny", "--device", "cuda",
-                                     "--ckpt-dir", str(tmp_path), *a], capture_output=True, text=True)
+    """A stage run with --device cuda writes a checkpoint whose tensors are on the CPU (loadable
+    anywhere)."""
+    run = lambda *a: subprocess.run(
+        [sys.executable, str(ROOT / "train_sft.py"), "--size", "tiny", "--device", "cuda",
+         "--ckpt-dir", str(tmp_path), *a],
+        capture_output=True, text=True)
     done = run("--stage", "pretrain", "--steps", "20")
     assert done.returncode == 0, done.stderr
     done = run("--stage", "direct", "--steps", "20", "--eval-every", "10")
@@ -102,15 +107,16 @@ def _task_batches(n: int):
     """n training batches of three padded widths: direct answers (k=2) and CoT traces (k=2, k=4)."""
     import numpy as np
 
-    from nanocot.fast import cuda_graphs
     from nanocot.data import collate, task_example
+    from nanocot.fast import cuda_graphs
     from nanocot.task import COT, DIRECT
 
     tok, task, rng = Tokenizer(), ModularAddition(TaskConfig()), np.random.default_rng(0)
     batches = []
     for i in range(n):
         mode, k = [(DIRECT, 2), (COT, 2), (COT, 4)][i % 3]
-        batches.append(collate([task_example(tok, p, mode) for p in task.sample_train(rng, 16, k=k)], tok.pad_id, CUDA))
+        batches.append(collate([task_example(tok, p, mode) for p in task.sample_train(rng, 16, k=k)],
+                               tok.pad_id, CUDA))
     assert len({cuda_graphs.pad_batch(b)[0].shape[1] for b in batches}) == 3
     return batches
 
@@ -119,8 +125,8 @@ def test_cuda_graphed_training_steps_equal_eager_steps():
     """GraphedStep (a recorded forward/backward and optimizer step, replayed) trains the weights exactly as
     the kernel-by-kernel step does: same metrics and weights after steps of three widths (each captured on
     its third use), to float32 tolerance."""
-    from nanocot.fast import cuda_graphs
     from nanocot.config import TrainConfig
+    from nanocot.fast import cuda_graphs
     from nanocot.train import backward, lr_at, make_optimizer
 
     config = TrainConfig(steps=12, lr=3e-3, warmup_steps=2)
@@ -129,12 +135,14 @@ def test_cuda_graphed_training_steps_equal_eager_steps():
     for graphed in (False, True):
         model = make_model(len(Tokenizer()), std=0.1).to(CUDA)
         optimizer = make_optimizer(model, config)
-        plain_step = lambda parts, model=model, optimizer=optimizer: backward(model, optimizer, parts, config.grad_clip)
+        plain_step = lambda parts, model=model, optimizer=optimizer: backward(
+            model, optimizer, parts, config.grad_clip)
         step = cuda_graphs.GraphedStep(model, optimizer, plain_step) if graphed else None
         metrics = []
         for i, batch in enumerate(batches):
-            # the same padded batch for both: padding's own exactness is tests/test_training.py's; here only the
-            # recorded graph vs launching kernel by kernel is compared, so the results must agree to rounding
+            # the same padded batch for both: padding's own exactness is tests/test_training.py's; here only
+            # the recorded graph vs launching kernel by kernel is compared, so the results must agree to
+            # rounding
             parts = [cuda_graphs.pad_batch(batch)]
             if graphed:
                 step.set_lr(lr_at(i, config))
@@ -179,5 +187,7 @@ def test_cuda_graphed_decoding_equals_eager_and_logprobs_are_the_models():
             row = sampled.tokens[i, :n].tolist()
             assert 1 not in row[:-1] and (n == sampled.tokens.shape[1] or row[-1] == 1)
             logp = F.log_softmax(model(torch.tensor([p + row], device=CUDA)), -1)[0]
-            expected = logp[len(p) - 1 : len(p) - 1 + n].gather(1, torch.tensor(row, device=CUDA)[:, None]).squeeze(1)
+            expected = logp[len(p) - 1 : len(p) - 1 + n].gather(
+                1, torch.tensor(row, device=CUDA)[:, None]
+            ).squeeze(1)
             assert torch.allclose(sampled.logprobs[i, :n], expected, atol=1e-5)

@@ -12,6 +12,7 @@ from conftest import make_model
 from nanocot import faithfulness as fa
 from nanocot.config import TaskConfig
 from nanocot.monitor import check, summarize
+from nanocot.ood import ood_splits
 from nanocot.paraphrase import PARAPHRASERS, canonicalize, paraphrase_body
 from nanocot.stats import difference, proportion, wilson
 from nanocot.task import ModularAddition, Problem, reference_trace
@@ -21,7 +22,7 @@ from nanocot.trace import parse_trace
 @pytest.fixture(scope="module")
 def problems() -> list[Problem]:
     task = ModularAddition(TaskConfig())
-    return task.test_set(60) + [p for split in task.ood_splits(size=10).values() for p in split]
+    return task.test_set(60) + [p for split in ood_splits(task, size=10).values() for p in split]
 
 
 @pytest.fixture(scope="module")

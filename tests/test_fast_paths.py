@@ -62,7 +62,8 @@ def test_training_loop_gives_the_same_losses_and_weights():
 def test_rl_logprobs_entropies_and_gradients_agree():
     """sequence_logprobs unembeds only the generated positions on a CPU: the same log-probs, entropies, mask
     and gradient (of an entropy bonus too) as the plain path's full unembedding."""
-    contexts = [TOK.encode(prompt(Problem((8, 7, 12), 21), COT)), TOK.encode(prompt(Problem((3, 4), 12), COT))]
+    contexts = [TOK.encode(prompt(Problem((8, 7, 12), 21), COT)),
+                TOK.encode(prompt(Problem((3, 4), 12), COT))]
     generated = [TOK.encode(reference_trace(Problem((8, 7, 12), 21)) + "\n"), TOK.encode("3+4=7;7\n")]
 
     def run():
@@ -87,12 +88,13 @@ def test_reinforce_step_gives_the_same_loss_and_update():
     body = TOK.encode(reference_trace(p).split(";")[0] + ";")
     paraphrased = ctx + TOK.encode("8 plus 7 is 15, 15 plus 12 is 27 minus 21 is 6;")
     traces = [Segment(ctx, body, 0), Segment(ctx, TOK.encode("8+7=14,14+12=26-21=5;5\n"), 1)]
-    rollout = Rollout(traces, [Segment(paraphrased, TOK.encode("6\n"), 0)], [None, "x"], torch.tensor([[1.0, 0.0]]),
-                      [len(body), 10])
+    rollout = Rollout(traces, [Segment(paraphrased, TOK.encode("6\n"), 0)], [None, "x"],
+                      torch.tensor([[1.0, 0.0]]), [len(body), 10])
 
     def run():
         model = make_model(len(TOK), std=0.1)
-        cfg = RLConfig(prompts_per_step=1, samples_per_prompt=2, warmup_steps=0, lr_schedule="constant", lr=1e-3)
+        cfg = RLConfig(prompts_per_step=1, samples_per_prompt=2, warmup_steps=0, lr_schedule="constant",
+                       lr=1e-3)
         trainer = Reinforce(model, TASK, cfg)
         trainer.rollout = lambda problems: copy.deepcopy(rollout)
         return trainer.step()["loss"], [w.grad.clone() for w in model.parameters()]
@@ -122,7 +124,8 @@ def test_the_samplers_draw_from_the_same_distribution():
     want = logits.masked_fill(logits < kth, float("-inf")).softmax(-1)
 
     def first_tokens():
-        s = generate(model, prompts, 1, stop_id=1, temperature=0.7, top_k=4, generator=torch.Generator().manual_seed(0))
+        s = generate(model, prompts, 1, stop_id=1, temperature=0.7, top_k=4,
+                     generator=torch.Generator().manual_seed(0))
         return torch.bincount(s.tokens[:, 0], minlength=8).float() / len(prompts)
 
     on, off = both(first_tokens)

@@ -29,8 +29,8 @@ from conftest import cli_exit_code, make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import nanocot.sft
 import nanocot.fast.cpu
+import nanocot.sft
 import train_rl
 import train_sft
 from nanocot import checkpoint
@@ -47,8 +47,8 @@ TINY_CORPUS = CorpusConfig(num_lines=300)
 
 
 def _interrupt_at(monkeypatch, call: int, sig: int = signal.SIGINT) -> None:
-    """Deliver a real signal (Ctrl-C's SIGINT by default) while the `call`-th training step (0-based) computes its loss: the loop must
-    finish that step, save, and stop before the next."""
+    """Deliver a real signal (Ctrl-C's SIGINT by default) while the `call`-th training step (0-based)
+    computes its loss: the loop must finish that step, save, and stop before the next."""
     calls = {"n": 0}
     real = nanocot.fast.cpu.masked_loss  # the loss the loop takes on a CPU
 
@@ -92,7 +92,8 @@ def test_pretrain_resume_is_bit_exact(uninterrupted, monkeypatch, tmp_path):
         pretrain("tiny", TINY_TRAIN, TaskConfig(), TINY_CORPUS, "cpu", save=saved.append)
     monkeypatch.undo()
     assert [p["step"] for p in saved] == [5] and saved[0]["train_state"]["step"] == 5
-    resumed = pretrain("tiny", TINY_TRAIN, TaskConfig(), TINY_CORPUS, "cpu", resume=_through_file(saved[0], tmp_path))
+    resumed = pretrain("tiny", TINY_TRAIN, TaskConfig(), TINY_CORPUS, "cpu",
+                       resume=_through_file(saved[0], tmp_path))
     _assert_same_run(uninterrupted, resumed)
     assert "train_state" not in resumed and resumed["step"] == TINY_TRAIN.steps
 
@@ -104,15 +105,18 @@ def test_finetune_resume_is_bit_exact(tiny_pretrain_payload, monkeypatch, tmp_pa
     checkpoint (every 3 steps) is resumable too."""
     for name in ("direct_accuracy", "cot_accuracy"):  # the real evaluations, on 20 problems instead of 1,300
         real = getattr(nanocot.sft, name)
-        monkeypatch.setattr(nanocot.sft, name, lambda m, tok, problems, real=real: real(m, tok, problems[:20]))
+        monkeypatch.setattr(nanocot.sft, name,
+                            lambda m, tok, problems, real=real: real(m, tok, problems[:20]))
     # a 50-problem test set: drawing the default 1,000 by rejection takes seconds per run
-    tiny_pretrain_payload = {**tiny_pretrain_payload, "task_config": {**tiny_pretrain_payload["task_config"], "test_size": 50}}
+    tiny_pretrain_payload = {**tiny_pretrain_payload,
+                             "task_config": {**tiny_pretrain_payload["task_config"], "test_size": 50}}
     cfg = replace(TINY_TRAIN, eval_every=4 if stage == "direct" else 0)
     whole = finetune(tiny_pretrain_payload, stage, cfg, "cpu", num_examples=num_examples)
     saved, real_loss = [], nanocot.fast.cpu.masked_loss
     _interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        finetune(tiny_pretrain_payload, stage, cfg, "cpu", num_examples=num_examples, save=saved.append, save_every=3)
+        finetune(tiny_pretrain_payload, stage, cfg, "cpu", num_examples=num_examples, save=saved.append,
+                 save_every=3)
     monkeypatch.setattr(nanocot.fast.cpu, "masked_loss", real_loss)
     assert [p["step"] for p in saved] == [3, 4]
     for partial in saved:
@@ -136,7 +140,8 @@ def test_rl_trainer_state_survives_a_checkpoint_file(tmp_path):
     assert other.rng.bit_generator.state == trainer.rng.bit_generator.state
     assert other.py_rng.getstate() == trainer.py_rng.getstate()
     assert torch.equal(other.generator.get_state(), trainer.generator.get_state())
-    assert other.step_index == 1 and other.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys()
+    assert (other.step_index == 1
+            and other.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys())
 
 
 # ---------------------------------------------------------------------------------------------- determinism
@@ -162,8 +167,9 @@ def _env(root: Path) -> dict:
 
 
 def _launch(root: Path, work: Path, resume: bool) -> subprocess.Popen:
-    args = ["--size", "tiny", "--stage", "pretrain", "--steps", "100000", "--save-every", "1", "--corpus-lines", "300",
-            "--device", "cpu", "--threads", "1", "--ckpt-dir", "ck", *(["--resume"] if resume else [])]
+    args = ["--size", "tiny", "--stage", "pretrain", "--steps", "100000", "--save-every", "1",
+            "--corpus-lines", "300", "--device", "cpu", "--threads", "1", "--ckpt-dir", "ck",
+            *(["--resume"] if resume else [])]
     return subprocess.Popen([sys.executable, str(root / "train_sft.py"), *args], cwd=work, env=_env(root),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -210,7 +216,8 @@ def _kill_twice(root: Path, work: Path) -> list[tuple[int, int]]:
 def sigkill_runs(request, root, tmp_path_factory):
     """The two real training processes (~10 s, mostly imports) run in the background while the in-process
     tests of this module run (only when the SIGKILL test is selected)."""
-    if not any(item.name == "test_sigkill_never_leaves_a_partial_checkpoint" for item in request.session.items):
+    if not any(item.name == "test_sigkill_never_leaves_a_partial_checkpoint"
+               for item in request.session.items):
         yield None
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -231,8 +238,8 @@ def test_sigkill_never_leaves_a_partial_checkpoint(sigkill_runs):
 def test_sigterm_saves_and_resume_continues_exactly(monkeypatch, capsys, tmp_path):
     """SIGTERM through the real entry point: exit 130, the message says how to resume, the checkpoint is
     resumable; `--resume` then finishes with the uninterrupted run's losses and weights."""
-    argv = ["--size", "tiny", "--stage", "pretrain", "--steps", "8", "--corpus-lines", "300", "--device", "cpu",
-            "--ckpt-dir", str(tmp_path / "a")]
+    argv = ["--size", "tiny", "--stage", "pretrain", "--steps", "8", "--corpus-lines", "300",
+            "--device", "cpu", "--ckpt-dir", str(tmp_path / "a")]
     assert cli_exit_code(train_sft.main, argv) == 0
     real_loss = nanocot.fast.cpu.masked_loss
     _interrupt_at(monkeypatch, 4, signal.SIGTERM)
@@ -275,12 +282,14 @@ def test_non_finite_loss_or_gradient_stops_naming_the_step(monkeypatch, capsys, 
     """NaN at step 4 with a checkpoint every 2 steps: exit 1, an error line naming the step, and the last
     good checkpoint (4 steps done) stays on disk with finite weights: the bad update never happened."""
     _poison(monkeypatch, 4, where)
-    code = cli_exit_code(train_sft.main, ["--size", "tiny", "--stage", "pretrain", "--steps", "8", "--save-every", "2",
-                                          "--corpus-lines", "300", "--device", "cpu", "--ckpt-dir", str(tmp_path)])
+    code = cli_exit_code(train_sft.main, ["--size", "tiny", "--stage", "pretrain", "--steps", "8",
+                                          "--save-every", "2", "--corpus-lines", "300", "--device", "cpu",
+                                          "--ckpt-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1, err
     line = err.strip().splitlines()[-1]
-    assert "Traceback" not in err and line.startswith("error:") and f"non-finite {where} at step 4" in line, line
+    assert ("Traceback" not in err and line.startswith("error:")
+            and f"non-finite {where} at step 4" in line), line
     kept = checkpoint.load(tmp_path / "tiny-pretrain.pt")
     assert kept["step"] == 4 and "train_state" in kept
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values())
@@ -301,8 +310,8 @@ def _one_error_line(code: int, err: str) -> str:
     ({}, ["--max-modulus", "25"], "max_modulus=29"),
     ({"train_state": {}}, [], "unfinished pretrain run"),
 ], ids=["preset", "vocabulary", "task", "unfinished"])
-def test_mismatched_checkpoint_is_refused_naming_the_mismatch(tiny_pretrain_payload, capsys, tmp_path, change, flags,
-                                                              expected):
+def test_mismatched_checkpoint_is_refused_naming_the_mismatch(tiny_pretrain_payload, capsys, tmp_path,
+                                                              change, flags, expected):
     """A pretrained checkpoint from another preset, vocabulary or task (or still in progress) is refused
     by the next stage with one line naming the field, and nothing is written."""
     payload = copy.deepcopy(tiny_pretrain_payload)
@@ -314,13 +323,14 @@ def test_mismatched_checkpoint_is_refused_naming_the_mismatch(tiny_pretrain_payl
         payload["train_state"] = {}
     checkpoint.save(tmp_path / "tiny-pretrain.pt", payload)
     before = _snapshot(tmp_path)
-    code = cli_exit_code(train_sft.main, ["--size", "tiny", "--stage", "direct", "--steps", "1", "--device", "cpu",
-                                          "--ckpt-dir", str(tmp_path), *flags])
+    code = cli_exit_code(train_sft.main, ["--size", "tiny", "--stage", "direct", "--steps", "1",
+                                          "--device", "cpu", "--ckpt-dir", str(tmp_path), *flags])
     assert expected in _one_error_line(code, capsys.readouterr().err)
     assert _snapshot(tmp_path) == before
 
 
-def test_disk_full_is_one_line_and_keeps_the_old_checkpoint(tiny_pretrain_payload, monkeypatch, capsys, tmp_path):
+def test_disk_full_is_one_line_and_keeps_the_old_checkpoint(tiny_pretrain_payload, monkeypatch, capsys,
+                                                            tmp_path):
     """ENOSPC while writing the checkpoint: one line, exit 2, the previous file untouched, no temp file."""
     checkpoint.save(tmp_path / "tiny-pretrain.pt", tiny_pretrain_payload)
     before = _snapshot(tmp_path)
@@ -329,8 +339,9 @@ def test_disk_full_is_one_line_and_keeps_the_old_checkpoint(tiny_pretrain_payloa
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(checkpoint.os, "fsync", full)
-    code = cli_exit_code(train_sft.main, ["--size", "tiny", "--stage", "pretrain", "--steps", "1", "--corpus-lines", "300",
-                                          "--device", "cpu", "--ckpt-dir", str(tmp_path)])
+    code = cli_exit_code(train_sft.main, ["--size", "tiny", "--stage", "pretrain", "--steps", "1",
+                                          "--corpus-lines", "300", "--device", "cpu",
+                                          "--ckpt-dir", str(tmp_path)])
     err = capsys.readouterr().err  # the progress bar shares stderr; the error is the last line
     assert code == 2 and "Traceback" not in err and "No space left" in err.strip().splitlines()[-1], err
     assert _snapshot(tmp_path) == before
@@ -345,7 +356,8 @@ def _snapshot(folder: Path) -> dict:
 
 
 def _rejected_by(check):
-    """Text that `check` (a flag's argparse type) refuses: a generator of bad values that cannot drift valid."""
+    """Text that `check` (a flag's argparse type) refuses: a generator of bad values that cannot drift
+    valid."""
     def refuses(text: str) -> bool:
         try:
             check(text)
@@ -353,22 +365,24 @@ def _rejected_by(check):
             return True
         return False
 
-    typical = st.sampled_from(["0", "-1", "-7", "nan", "inf", "-inf", "1e999", "1.5", "abc", "", " ", "0x10", "2**32",
-                               "4294967296", "1.0000001", "-0.5", "\n", "１"])
+    typical = st.sampled_from(["0", "-1", "-7", "nan", "inf", "-inf", "1e999", "1.5", "abc", "", " ", "0x10",
+                               "2**32", "4294967296", "1.0000001", "-0.5", "\n", "１"])
     return st.one_of(typical, st.text(max_size=12)).filter(refuses)
 
 
 def _not_in(options):
-    return st.one_of(st.sampled_from(["", "HUGE", "Tiny", " tiny", "pre-train", "\n"]), st.text(max_size=10)).filter(
-        lambda t: t not in options)
+    return st.one_of(st.sampled_from(["", "HUGE", "Tiny", " tiny", "pre-train", "\n"]),
+                     st.text(max_size=10)).filter(lambda t: t not in options)
 
 
 def _ints(*values: int):
     return st.sampled_from([str(v) for v in values])
 
 
-BAD_DEVICE = st.one_of(st.just("cuda:x"), st.sampled_from(["meta", "xla", "gpu", "CPU", "", "cpu:0:1", "tpu"]),
-                       st.text(max_size=8).filter(lambda t: t not in ("auto", "cpu", "mps") and not t.startswith("cuda")))
+BAD_DEVICE = st.one_of(st.just("cuda:x"),
+                       st.sampled_from(["meta", "xla", "gpu", "CPU", "", "cpu:0:1", "tpu"]),
+                       st.text(max_size=8).filter(
+                           lambda t: t not in ("auto", "cpu", "mps") and not t.startswith("cuda")))
 BAD_DIR = st.sampled_from(["afile", "afile/sub", "nul\x00byte"])  # a file, a folder under a file, a NUL byte
 
 RUN_FLAGS = {  # flag: (valid values, generator of values that must be refused)
@@ -397,7 +411,8 @@ SFT_FLAGS = {
     "--worked-fraction": (["0.2"], _rejected_by(probability)),
     "--min-lr-ratio": (["0", "0.1"], _rejected_by(probability)),
     "--paraphrase-fraction": (["0"], _rejected_by(probability)),
-    "--read-paraphrasers": (["reword", "reword,words"], st.sampled_from(["foo", "reword,", ",words", "Reword", ""])),
+    "--read-paraphrasers": (["reword", "reword,words"],
+                            st.sampled_from(["foo", "reword,", ",words", "Reword", ""])),
 }
 RL_FLAGS = {
     **RUN_FLAGS,

@@ -43,11 +43,14 @@ def tiny_model(seed: int = 0) -> GPT:
 
 
 def test_learning_rate_schedules():
-    """Warm-up ramps linearly; cosine ends at 0 on the last step; constant stays at lr; Adam gets the betas."""
+    """Warm-up ramps linearly; cosine ends at 0 on the last step; constant stays at lr; Adam gets the
+    betas."""
     cfg = RLConfig(lr=1e-3, steps=100, warmup_steps=10, lr_schedule="constant")
-    assert rl.learning_rate(cfg, 0) == pytest.approx(1e-4) and rl.learning_rate(cfg, 50) == pytest.approx(1e-3)
+    assert (rl.learning_rate(cfg, 0) == pytest.approx(1e-4)
+            and rl.learning_rate(cfg, 50) == pytest.approx(1e-3))
     cos = RLConfig(lr=1e-3, steps=100, warmup_steps=0, lr_schedule="cosine")
-    assert rl.learning_rate(cos, 0) == pytest.approx(1e-3) and rl.learning_rate(cos, 50) == pytest.approx(5e-4)
+    assert (rl.learning_rate(cos, 0) == pytest.approx(1e-3)
+            and rl.learning_rate(cos, 50) == pytest.approx(5e-4))
     assert rl.learning_rate(cos, 100) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="lr schedule"):
         rl.learning_rate(RLConfig(lr_schedule="linear"), 0)
@@ -134,7 +137,8 @@ def _fixed_sample(groups: list[list[tuple[str, float]]]):
 
 def _total_logp(model, text: str) -> float:
     with torch.no_grad():
-        logp, _, _ = sequence_logprobs(model, [TOK.encode(prompt(PROBLEM, COT))], [TOK.encode(text)], TOK.pad_id)
+        logp, _, _ = sequence_logprobs(model, [TOK.encode(prompt(PROBLEM, COT))], [TOK.encode(text)],
+                                       TOK.pad_id)
     return logp.sum().item()
 
 
@@ -155,7 +159,8 @@ def test_step_loss_is_advantage_weighted_logprob(task):
     trainer = _trainer(model, task, groups, lr=1e-3)
     with torch.no_grad():
         traces = trainer.rollout(None).traces[:2]
-        logp, _, mask = sequence_logprobs(model, [s.context for s in traces], [s.tokens for s in traces], TOK.pad_id)
+        logp, _, mask = sequence_logprobs(model, [s.context for s in traces], [s.tokens for s in traces],
+                                          TOK.pad_id)
     expected = -(logp[0].sum() - logp[1].sum()) / mask.sum()  # loo advantages +1 / -1
     stats = trainer.step()
     assert stats["skipped"] == 0.0
@@ -188,7 +193,8 @@ def test_only_informative_samples_are_learned_from(task, monkeypatch, coefs, row
     """An all-equal group's policy gradient is exactly zero, so its samples skip the forward and backward;
     a KL or entropy term touches every sample, so with either on all of them are run."""
     model = tiny_model()
-    trainer = _trainer(model, task, [[(RIGHT, 1.0), (WRONG, 0.0)], [(RIGHT, 1.0), (RIGHT, 1.0)]], lr=1e-3, **coefs)
+    trainer = _trainer(model, task, [[(RIGHT, 1.0), (WRONG, 0.0)], [(RIGHT, 1.0), (RIGHT, 1.0)]], lr=1e-3,
+                       **coefs)
     trainer.reference = copy.deepcopy(model).eval()
     seen = []
     real = rl.sequence_logprobs
@@ -226,7 +232,8 @@ def test_kl_log_runs_the_start_policy_every_kl_log_every_steps(task, monkeypatch
     """With the KL penalty off, the start policy runs on every `kl_log_every`-th step only and the others log
     NaN; with the penalty on, the KL is in every step's loss."""
     model = tiny_model()
-    trainer = _trainer(model, task, [[(RIGHT, 1.0), (WRONG, 0.0)], [(WRONG, 0.0), (RIGHT, 1.0)]], lr=1e-3, **coefs)
+    trainer = _trainer(model, task, [[(RIGHT, 1.0), (WRONG, 0.0)], [(WRONG, 0.0), (RIGHT, 1.0)]], lr=1e-3,
+                       **coefs)
     start = tiny_model(seed=1).eval()
     trainer.reference = start
     calls = []
@@ -332,7 +339,8 @@ def test_state_dict_round_trip_continues_exactly(task, monkeypatch):
     stats_b = [b.step() for _ in range(2)]
     for sa, sb in zip(stats_a, stats_b):
         for key in ("reward", "trace_length", "skipped", "loss", "entropy", "informative_groups"):
-            assert sa[key] == sb[key] or (math.isnan(sa[key]) and math.isnan(sb[key])), key  # nan: a skipped step
+            # nan: a skipped step
+            assert sa[key] == sb[key] or (math.isnan(sa[key]) and math.isnan(sb[key])), key
     for name, value in model_a.state_dict().items():
         assert torch.equal(value, model_b.state_dict()[name]), name
     sa, sb = a.state_dict(), b.state_dict()
@@ -389,13 +397,15 @@ def test_paraphrase_in_the_loop(task, monkeypatch):
     assert len(calls) == 2
     assert calls[1] == [prompt_ids + TOK.encode(expected_bodies[i]) for i in (0, 1, 3)], \
         "answers are re-sampled after the paraphrased traces"
-    assert texts == [expected_bodies[0] + "6\n", expected_bodies[1] + "9\n", "junk\n", expected_bodies[3] + "6\n"]
+    assert texts == [expected_bodies[0] + "6\n", expected_bodies[1] + "9\n", "junk\n",
+                     expected_bodies[3] + "6\n"]
     for i in (0, 1, 3):
         assert texts[i].split(";")[0] != body.rstrip(";")
     assert rewards.tolist() == [[1.0, 0.0, 0.0, 1.0]], "reward on the re-sampled answer, not the first one"
     assert rollout.lengths == [len(TOK.encode(t)) for t in first]
     # segments: the trace in its own context, the answer in the paraphrased context
-    assert [s.sample for s in rollout.traces] == [0, 1, 2, 3] and [s.sample for s in rollout.answers] == [0, 1, 3]
+    assert ([s.sample for s in rollout.traces] == [0, 1, 2, 3]
+            and [s.sample for s in rollout.answers] == [0, 1, 3])
     assert [s.tokens for s in rollout.traces] == [TOK.encode(body), TOK.encode(body), TOK.encode("junk\n"),
                                                   TOK.encode(body)]
     assert [s.context for s in rollout.traces] == [prompt_ids] * 4
@@ -414,11 +424,13 @@ def _paraphrased_contexts(task, monkeypatch, **config) -> tuple[list[str], int]:
 
     def fake_generate(model, prompts, max_new_tokens, *args, **kwargs):
         calls.append(prompts)
-        return _samples([LONG_BODY + "7\n"] * len(prompts) if len(calls) == 1 else ["7\n"] * len(prompts), max_new_tokens)
+        return _samples([LONG_BODY + "7\n"] * len(prompts) if len(calls) == 1 else ["7\n"] * len(prompts),
+                        max_new_tokens)
 
     monkeypatch.setattr(rl, "generate", fake_generate)
     monkeypatch.setattr(rl, "generate_ragged", fake_generate)
-    trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, paraphrase_prob=1.0, seed=0, **config))
+    trainer = Reinforce(tiny_model(), task,
+                        RLConfig(prompts_per_step=1, paraphrase_prob=1.0, seed=0, **config))
     n_prompt = len(TOK.encode(prompt(LONG_PROBLEM, COT)))
     trainer.rollout([LONG_PROBLEM])
     return [TOK.decode(c[n_prompt:]) for c in calls[1]], n_prompt
@@ -429,24 +441,28 @@ def test_paraphrase_in_the_loop_rewrites_the_longest_prefix_that_fits(task, monk
     warm-up and the evaluation do) its longest fitting prefix of steps is spelled out and the rest stays as
     written; one paraphraser of the list is drawn per sample."""
     body, block = LONG_BODY, tiny_model().config.block_size
-    contexts, n_prompt = _paraphrased_contexts(task, monkeypatch, samples_per_prompt=6, paraphraser="words,reword",
-                                               paraphrase_from_end=0.0)
+    contexts, n_prompt = _paraphrased_contexts(task, monkeypatch, samples_per_prompt=6,
+                                               paraphraser="words,reword", paraphrase_from_end=0.0)
     assert n_prompt + len(TOK.encode(to_words(body, random.Random(0)))) > block, "whole trace must not fit"
     assert len(contexts) == 6
     assert all(n_prompt + len(TOK.encode(c)) <= block - 2 for c in contexts)
     spelled = [c for c in contexts if "eighteen" in c]
-    reworded = [c for c in contexts if c not in spelled and c != body and any(w in c for w in (" plus ", " + ", " then "))]
+    reworded = [c for c in contexts
+                if c not in spelled and c != body and any(w in c for w in (" plus ", " + ", " then "))]
     assert spelled and reworded and len(spelled) + len(reworded) == 6, contexts
     assert all(c.endswith(body.split(",")[-1]) for c in spelled), "the steps that do not fit stay as written"
 
 
 def test_paraphrase_from_end_spells_the_last_step_first(task, monkeypatch):
-    """With `paraphrase_from_end` 1 the longest fitting *suffix* is spelled out: the last step, whose value the
-    answer repeats, is in words and the first steps stay as written (from the front it is the other way round)."""
+    """With `paraphrase_from_end` 1 the longest fitting *suffix* is spelled out: the last step, whose value
+    the answer repeats, is in words and the first steps stay as written (from the front it is the other way
+    round)."""
     body = LONG_BODY
-    contexts, _ = _paraphrased_contexts(task, monkeypatch, samples_per_prompt=4, paraphraser="words", paraphrase_from_end=1.0)
+    contexts, _ = _paraphrased_contexts(task, monkeypatch, samples_per_prompt=4, paraphraser="words",
+                                        paraphrase_from_end=1.0)
     first_step = body.split(",")[0]
-    assert len(contexts) == 4 and all(c.startswith(first_step + ",") and c.endswith(" is seven;") for c in contexts), contexts
+    assert len(contexts) == 4 and all(c.startswith(first_step + ",") and c.endswith(" is seven;")
+                                      for c in contexts), contexts
     assert all(canonicalize(c) == body for c in contexts)
 
 
@@ -467,8 +483,8 @@ def test_a_trace_the_paraphraser_cannot_read_earns_nothing(task, monkeypatch):
     monkeypatch.setattr(rl, "generate_ragged", fake_generate)  # the answers after paraphrased traces
     for prob, expected in ((1.0, [[0.0, 1.0]]), (0.0, [[1.0, 1.0]])):
         calls.clear()
-        trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, samples_per_prompt=2, paraphrase_prob=prob,
-                                                         paraphraser="reword"))
+        trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=1, samples_per_prompt=2,
+                                                         paraphrase_prob=prob, paraphraser="reword"))
         rewards = trainer.rollout([p]).rewards
         assert rewards.tolist() == expected, prob
 
@@ -511,8 +527,8 @@ def _run(root: Path, script: str, args: list[str], cwd: Path) -> subprocess.Comp
 
 
 def _e2e(root: Path, work: Path):
-    pre = _run(root, "train_sft.py", ["--size", "tiny", "--stage", "pretrain", "--steps", "5", "--corpus-lines", "500",
-                                      "--ckpt-dir", "ck", "--device", "cpu"], work)
+    pre = _run(root, "train_sft.py", ["--size", "tiny", "--stage", "pretrain", "--steps", "5",
+                                      "--corpus-lines", "500", "--ckpt-dir", "ck", "--device", "cpu"], work)
     if pre.returncode != 0:
         return work / "ck", pre, None
     rl_args = ["--size", "tiny", "--steps", "2", "--eval-every", "1", "--prompts", "2", "--samples", "2",
@@ -550,7 +566,8 @@ def _main_exit_code(argv: list[str]) -> int:
 def test_cli_usage_errors(tmp_path, capsys, args, expected):
     """A user mistake: one line on stderr, exit code 2, no traceback, nothing written (in-process through
     run_cli, exactly what `python train_rl.py` runs, without ~3 s of imports per case)."""
-    code = _main_exit_code(["--size", "tiny", "--steps", "1", "--device", "cpu", "--ckpt-dir", str(tmp_path), *args])
+    code = _main_exit_code(["--size", "tiny", "--steps", "1", "--device", "cpu", "--ckpt-dir", str(tmp_path),
+                            *args])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
@@ -580,7 +597,8 @@ def test_cli_tiny_end_to_end(end_to_end):
     assert (folder / "tiny-cot.pt").is_file()
     assert (folder / "tiny-cot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ck = checkpoint.load(folder / "tiny-cot.pt", expect={"size": "tiny", "stage": "cot"})
-    assert "rl_state" not in ck and "start" not in ck, "a finished run is not resumable and drops the start weights"
+    assert "rl_state" not in ck and "start" not in ck, (
+        "a finished run is not resumable and drops the start weights")
     assert ck["step"] == 2 and len(ck["record"]["steps"]) == 2
     assert [e["step"] for e in ck["record"]["eval"]] == [0, 1, 2]
     assert [h["stage"] for h in ck["history"]] == ["pretrain", "cot"]
@@ -588,11 +606,11 @@ def test_cli_tiny_end_to_end(end_to_end):
     assert "tiny-cot.pt" in proc.stdout
 
 
-# --------------------------------------------------------------------------- train_rl.py: interrupt and resume
+# -------------------------------------------------------------------------- train_rl.py: interrupt and resume
 
-RL_TINY = ["--size", "tiny", "--init", "pretrain", "--steps", "4", "--save-every", "1", "--prompts", "2", "--samples", "2",
-           "--max-new-tokens", "8", "--eval-every", "2", "--eval-problems", "4", "--pass-problems", "2", "--pass-k", "2",
-           "--device", "cpu", "--threads", "1"]
+RL_TINY = ["--size", "tiny", "--init", "pretrain", "--steps", "4", "--save-every", "1", "--prompts", "2",
+           "--samples", "2", "--max-new-tokens", "8", "--eval-every", "2", "--eval-problems", "4",
+           "--pass-problems", "2", "--pass-k", "2", "--device", "cpu", "--threads", "1"]
 
 
 def _interrupt_rl_step(monkeypatch, call: int) -> None:
@@ -610,9 +628,11 @@ def _interrupt_rl_step(monkeypatch, call: int) -> None:
     monkeypatch.setattr(Reinforce, "step", step_then_signal)
 
 
-def test_cli_interrupt_then_plain_resume_finishes_the_same_run(tiny_pretrain_payload, tmp_path, monkeypatch, capsys):
-    """Ctrl-C through train_rl.py: exit 130 naming the saved step; `--resume` with no other flag (as the message
-    says) runs to the saved run's own 4 steps, not the default 2,000, and ends on the uninterrupted run's weights."""
+def test_cli_interrupt_then_plain_resume_finishes_the_same_run(tiny_pretrain_payload, tmp_path, monkeypatch,
+                                                               capsys):
+    """Ctrl-C through train_rl.py: exit 130 naming the saved step; `--resume` with no other flag (as the
+    message says) runs to the saved run's own 4 steps, not the default 2,000, and ends on the uninterrupted
+    run's weights."""
     import train_rl
 
     for name in "ab":
@@ -630,7 +650,8 @@ def test_cli_interrupt_then_plain_resume_finishes_the_same_run(tiny_pretrain_pay
     assert all(torch.equal(whole["state_dict"][k], v) for k, v in resumed["state_dict"].items())
 
 
-def test_cli_interrupt_before_any_save_says_nothing_was_written(tiny_pretrain_payload, tmp_path, monkeypatch, capsys):
+def test_cli_interrupt_before_any_save_says_nothing_was_written(tiny_pretrain_payload, tmp_path, monkeypatch,
+                                                                capsys):
     import train_rl
 
     checkpoint.save(tmp_path / "tiny-pretrain.pt", tiny_pretrain_payload)

@@ -60,7 +60,8 @@ def test_ragged_generation_equals_generation_by_length(model, max_new):
     pad = lambda t: F.pad(t, (0, width - t.shape[1]))
     assert torch.equal(pad(a.tokens), pad(b.tokens)) and torch.equal(pad(a.mask), pad(b.mask))
     assert torch.allclose(pad(a.logprobs), pad(b.logprobs), atol=1e-5)
-    s = generate_ragged(model, PROMPTS, max_new, STOP, PAD, temperature=0.7, generator=torch.Generator().manual_seed(1))
+    s = generate_ragged(model, PROMPTS, max_new, STOP, PAD, temperature=0.7,
+                        generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for i, p in enumerate(PROMPTS):
             n = s.lengths()[i]

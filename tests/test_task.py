@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nanocot.config import TaskConfig
+from nanocot.ood import ood_splits
 from nanocot.task import (
     COT,
     DIRECT,
@@ -34,7 +35,7 @@ def test_set(task) -> list[Problem]:
 
 @pytest.fixture(scope="module")
 def ood(task) -> dict[str, list[Problem]]:
-    return task.ood_splits(300)
+    return ood_splits(task, 300)
 
 
 # ---------------------------------------------------------------------------------------------- answers
@@ -197,7 +198,7 @@ def test_max_operand_decouples_operands_from_the_modulus():
     test = wide.test_set(300)
     assert all(wide.is_test(p) and max(p.operands) < 64 for p in test)
     assert not set(test) & set(problems)
-    ood = wide.ood_splits(100)
+    ood = ood_splits(wide, 100)
     assert all(min(p.operands) < 0 and min(p.operands) > -64 for p in ood["negative"])
     assert all(64 <= max(p.operands) < 128 for p in ood["larger"])
     assert ModularAddition(TaskConfig()).operand_bound(21) == 21, "the default keeps operands below m"
@@ -218,7 +219,7 @@ def test_modulus_first_changes_the_prompt_only():
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
     assert all(a.modulus_first and (a.operands, a.modulus) == (b.operands, b.modulus)
                for a, b in zip(first.sample_train(rng_a, 200), last.sample_train(rng_b, 200)))
-    assert all(x.modulus_first for split in first.ood_splits(20).values() for x in split)
+    assert all(x.modulus_first for split in ood_splits(first, 20).values() for x in split)
     tok = Tokenizer()
     assert tok.decode(tok.encode(prompt(p[0], COT))) == prompt(p[0], COT), \
         "the space keeps m and x1 two tokens"
@@ -248,7 +249,7 @@ def test_ood_problems_are_out_of_distribution(ood):
     assert all(min(p.operands) < 0 for p in ood["negative"])
     assert all(max(p.operands) >= p.modulus for p in ood["larger"])
     assert all(len(p.operands) == cfg.num_operands + 2 for p in ood["more_operands"])
-    assert ModularAddition(TaskConfig()).ood_splits(300) == ood, "OOD splits must be deterministic"
+    assert ood_splits(ModularAddition(TaskConfig()), 300) == ood, "OOD splits must be deterministic"
 
 
 @pytest.mark.parametrize("bad", [

@@ -5,6 +5,7 @@ import pytest
 
 from nanocot.config import CorpusConfig, TaskConfig
 from nanocot.corpus import corpus_text, generate_lines
+from nanocot.ood import ood_splits
 from nanocot.task import COT, DIRECT, ModularAddition, completion, prompt
 from nanocot.tokenizer import MAX_NUMBER
 
@@ -13,7 +14,7 @@ def _task_texts():
     task = ModularAddition(TaskConfig())
     rng = np.random.default_rng(0)
     problems = task.sample_train(rng, 200) + task.test_set(50)
-    for split in task.ood_splits(50).values():
+    for split in ood_splits(task, 50).values():
         problems += split
     return [prompt(p, mode) + completion(p, mode) for p in problems for mode in (DIRECT, COT)]
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nanocot.config import TaskConfig
+from nanocot.ood import ood_splits
 from nanocot.paraphrase import PARAPHRASERS, swap_operands
 from nanocot.task import ModularAddition, Problem, reference_trace
 from nanocot.trace import Step, Trace, parse_step, parse_trace, split_answer
@@ -24,7 +25,7 @@ def problems(task) -> list[Problem]:
     rng = np.random.default_rng(0)
     out = [p for k in range(2, task.config.num_operands + 1) for p in task.sample_train(rng, 60, k=k)]
     out += task.test_set(100)
-    for split in task.ood_splits(size=50).values():
+    for split in ood_splits(task, size=50).values():
         out += split
     return out
 

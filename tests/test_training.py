@@ -1,4 +1,5 @@
-"""Training inputs and the loop: loss masks, collate, corpus windows, lr schedule, masked loss, pretraining."""
+"""Training inputs and the loop: loss masks, collate, corpus windows, lr schedule, masked loss,
+pretraining."""
 
 import math
 
@@ -11,9 +12,9 @@ from conftest import make_model
 from nanocot.config import CorpusConfig, TaskConfig, TrainConfig
 from nanocot.corpus import corpus_text
 from nanocot.data import CorpusWindows, collate, task_example
-from nanocot.task import COT, DIRECT, Problem, prompt, reference_trace
 from nanocot.fast import cpu as fast_cpu
 from nanocot.sft import AccuracyStop
+from nanocot.task import COT, DIRECT, Problem, prompt, reference_trace
 from nanocot.train import backward, lr_at, masked_loss
 
 PROBLEM = Problem((8, 7, 12, 5), 21)
@@ -122,8 +123,8 @@ def test_masked_loss_ignores_masked_positions(tok):
 
 
 def test_masked_loss_on_the_loss_positions_only_gives_the_full_gradient(tok):
-    """On a CPU the fast masked_loss unembeds only the masked positions; the loss and every gradient must equal
-    the plain formula over all positions (mean of the masked per-token losses)."""
+    """On a CPU the fast masked_loss unembeds only the masked positions; the loss and every gradient must
+    equal the plain formula over all positions (mean of the masked per-token losses)."""
     examples = [task_example(tok, PROBLEM, DIRECT), task_example(tok, Problem((3, 4, 9), 12), COT)]
     x, y, mask = collate(examples, tok.pad_id, "cpu")
     assert 0 < mask.sum() < mask.numel(), "a partial mask takes the selective path"
@@ -176,7 +177,8 @@ def test_masked_loss_with_every_token_counted_equals_the_masked_formula(tok):
     full = (per_token * mask).sum() / mask.sum()
     full.backward()
     assert loss.item() == pytest.approx(full.item(), rel=1e-6)
-    assert accuracy.item() == pytest.approx((logits.argmax(-1) == y).float().mean().item()) and accuracy.item() >= 10 / 60
+    assert (accuracy.item() == pytest.approx((logits.argmax(-1) == y).float().mean().item())
+            and accuracy.item() >= 10 / 60)
     for a, p in zip(plain, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-7)
 
@@ -192,7 +194,8 @@ def test_micro_batches_give_the_one_batch_gradient(tok):
     one_grads = [p.grad.clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # backward() zeroes its gradients first
     parts = [collate(short, tok.pad_id, "cpu"), collate(long, tok.pad_id, "cpu")]
-    loss, acc, _ = backward(model, optimizer, parts, grad_clip=math.inf)  # clipping at inf scales by exactly 1
+    # clipping at inf scales by exactly 1
+    loss, acc, _ = backward(model, optimizer, parts, grad_clip=math.inf)
     assert loss.item() == pytest.approx(one_loss.item(), rel=1e-5)
     assert acc.item() == pytest.approx(one_acc.item(), rel=1e-5)
     for p, g in zip(model.parameters(), one_grads):
@@ -206,10 +209,12 @@ def test_padding_a_batch_for_a_cuda_graph_changes_neither_loss_nor_gradient(tok)
     from nanocot.fast import cuda_graphs
 
     model = make_model(len(tok), std=0.1)
-    batch = collate([task_example(tok, PROBLEM, DIRECT), task_example(tok, Problem((9, 9, 9, 9), 11), COT)], tok.pad_id, "cpu")
+    batch = collate([task_example(tok, PROBLEM, DIRECT), task_example(tok, Problem((9, 9, 9, 9), 11), COT)],
+                    tok.pad_id, "cpu")
     padded = cuda_graphs.pad_batch(batch, multiple=16)
     assert padded[0].shape[1] % 16 == 0 and padded[0].shape[1] > batch[0].shape[1]
-    assert torch.equal(padded[0][:, : batch[0].shape[1]], batch[0]) and padded[2][:, batch[0].shape[1]:].sum() == 0
+    assert (torch.equal(padded[0][:, : batch[0].shape[1]], batch[0])
+            and padded[2][:, batch[0].shape[1]:].sum() == 0)
     results = []
     for b in (batch, padded):
         model.zero_grad(set_to_none=True)
@@ -222,7 +227,8 @@ def test_padding_a_batch_for_a_cuda_graph_changes_neither_loss_nor_gradient(tok)
         assert torch.allclose(a, b, atol=1e-7)
     assert cuda_graphs.pad_batch(padded, multiple=16) is padded  # already a multiple: untouched
     width = batch[0].shape[1]
-    assert cuda_graphs.pad_batch(batch, multiple=16, limit=width + 1)[0].shape[1] == width + 1  # never past the context
+    # never past the context
+    assert cuda_graphs.pad_batch(batch, multiple=16, limit=width + 1)[0].shape[1] == width + 1
 
 
 # ------------------------------------------------------------------------------------------ pretraining
@@ -257,7 +263,8 @@ def test_stage_easier_fraction_sets_the_operand_mix(tiny_pretrain_payload, monke
     k = payload["task_config"]["num_operands"]
     assert len(seen) == 32
     assert all((len(p.operands) < k) == expect_fewer for p in seen)
-    assert payload["task_config"] == tiny_pretrain_payload["task_config"]  # the task (and its split) is unchanged
+    # the task (and its split) is unchanged
+    assert payload["task_config"] == tiny_pretrain_payload["task_config"]
 
 
 @pytest.mark.parametrize("name", ["reword", "words", "swap"])
@@ -279,7 +286,8 @@ def test_reading_example_trains_only_the_answer_after_a_faithful_paraphrase(tok,
         assert tok.decode(ids[:n_prompt]) == prompt(problem, COT)
         body = tok.decode(ids[n_prompt:-2])
         if problem == PROBLEM:  # (a paraphrase may be the identity by chance, e.g. swapping 26+26)
-            assert body != reference_trace(problem).split(";")[0] + ";", "the trace must actually be paraphrased"
+            assert body != reference_trace(problem).split(";")[0] + ";", (
+                "the trace must actually be paraphrased")
         said = parse_trace(canonicalize(body) + str(problem.answer)).steps
         meant = parse_trace(reference_trace(problem)).steps
         assert [(sorted((s.left, s.right)), s.total, s.reductions) for s in said] == \
@@ -296,7 +304,8 @@ def test_warmup_paraphrase_fraction_mixes_reading_examples(tiny_pretrain_payload
     real_task, real_reading = sft.task_example, sft.reading_example
     monkeypatch.setattr(sft, "task_example", lambda *a: kinds.append("write") or real_task(*a))
     monkeypatch.setattr(sft, "reading_example", lambda *a: kinds.append("read") or real_reading(*a))
-    cfg = TrainConfig(steps=4, batch_size=32, lr=1e-3, warmup_steps=1, eval_every=0, paraphrase_fraction=fraction)
+    cfg = TrainConfig(steps=4, batch_size=32, lr=1e-3, warmup_steps=1, eval_every=0,
+                      paraphrase_fraction=fraction)
     sft.finetune(tiny_pretrain_payload, "warmup", cfg, "cpu")
     share = kinds.count("read") / len(kinds)
     assert len(kinds) == 128
@@ -319,7 +328,8 @@ def test_reading_example_from_end_spells_the_last_step(tok):
         ids, _ = reading_example(tok, problem, PARAPHRASERS["words"], random.Random(1), 96, from_end=from_end)
         bodies[from_end] = tok.decode(ids[n_prompt:-2])
         assert canonicalize(bodies[from_end]) == reference
-    assert bodies[False].endswith(reference.split(",")[-1]) and bodies[True].startswith(reference.split(",")[0] + ",")
+    assert (bodies[False].endswith(reference.split(",")[-1])
+            and bodies[True].startswith(reference.split(",")[0] + ","))
     assert not bodies[True].endswith(reference.split(",")[-1])
 
 
@@ -339,16 +349,18 @@ def test_stop_accuracy_ends_the_stage_at_the_first_evaluation_that_reaches_it():
     assert [e["step"] for e in record["eval"]] == [0, 3, 6] and record["stopped_at"] == 6
     assert record["step"] == list(range(6))
     plain = TrainConfig(steps=4, batch_size=2, eval_every=2, warmup_steps=1)  # no stop: never stops early
-    unstopped = train(make_model(len(Tokenizer()), std=0.1), plain, lambda step: batch, evaluate=lambda m: {"train_accuracy": 1.0})
+    unstopped = train(make_model(len(Tokenizer()), std=0.1), plain, lambda step: batch,
+                      evaluate=lambda m: {"train_accuracy": 1.0})
     assert "stopped_at" not in unstopped and [e["step"] for e in unstopped["eval"]] == [0, 2, 4]
 
 
 @pytest.mark.parametrize("last, nearest, stopped_at", [(0.95, True, 3), (0.72, True, 6), (0.95, False, 6)])
 def test_stop_nearest_returns_to_the_evaluation_before_when_it_was_nearer(last, nearest, stopped_at):
-    """With stop_nearest, the evaluation that first reaches the threshold (0.7) overshot it by more than the one
-    before was under it (0.95 vs 0.6): the stage ends at the one before, with that step's weights, per-step logs and last evaluation,
-    and keeps the later evaluation as "overshot". At 0.72 it was the nearer and the stage ends there; without
-    stop_nearest (the default) it always ends at the first evaluation reaching the threshold."""
+    """With stop_nearest, the evaluation that first reaches the threshold (0.7) overshot it by more than the
+    one before was under it (0.95 vs 0.6): the stage ends at the one before, with that step's weights,
+    per-step logs and last evaluation, and keeps the later evaluation as "overshot". At 0.72 it was the nearer
+    and the stage ends there; without stop_nearest (the default) it always ends at the first evaluation
+    reaching the threshold."""
     from nanocot.tokenizer import Tokenizer
     from nanocot.train import train
 
@@ -357,14 +369,16 @@ def test_stop_nearest_returns_to_the_evaluation_before_when_it_was_nearer(last, 
     seen = {}
 
     def evaluate(m):
-        seen[len(seen) * 3] = {k: v.clone() for k, v in m.state_dict().items()}  # the weights at steps 0, 3, 6
+        # the weights at steps 0, 3, 6
+        seen[len(seen) * 3] = {k: v.clone() for k, v in m.state_dict().items()}
         return {"train_accuracy": next(accuracies)}
 
     batch = collate([task_example(Tokenizer(), PROBLEM, DIRECT)] * 2, 0, "cpu")
     config = TrainConfig(steps=20, batch_size=2, lr=1e-2, eval_every=3, warmup_steps=1, stop_accuracy=0.7,
                          stop_nearest=nearest)
     record = train(model, config, lambda step: batch, evaluate=evaluate, stop=AccuracyStop(0.7, nearest))
-    assert record["stopped_at"] == stopped_at and [e["step"] for e in record["eval"]] == list(range(0, stopped_at + 1, 3))
+    assert (record["stopped_at"] == stopped_at
+            and [e["step"] for e in record["eval"]] == list(range(0, stopped_at + 1, 3)))
     assert record["step"] == list(range(stopped_at)) and len(record["loss"]) == stopped_at
     assert not all(torch.equal(seen[3][k], seen[6][k]) for k in seen[3]), "the test needs the weights to move"
     for k, v in model.state_dict().items():

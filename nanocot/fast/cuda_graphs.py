@@ -100,7 +100,7 @@ class GraphedStep:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, eager_backward):
         self.model, self.optimizer, self.eager_backward = model, optimizer, eager_backward
         device = next(model.parameters()).device
-        for group in optimizer.param_groups:  # one recorded update for every step: step count and lr on device
+        for group in optimizer.param_groups:  # one recorded update serves every step: step and lr on device
             group["capturable"] = True
             group["lr"] = torch.tensor(group["lr"], device=device)
         self.captured = _CapturedOnUse()  # batch shapes -> _CapturedStep
@@ -138,7 +138,8 @@ class GraphedStep:
             metrics = self.eager_backward(inputs)  # its zero_grad only sets .grad to None
         with torch.cuda.graph(optimizer_step):
             self.optimizer.step()
-        return _CapturedStep(inputs, backward, optimizer_step, metrics, [p.grad for p in self.model.parameters()])
+        grads = [p.grad for p in self.model.parameters()]
+        return _CapturedStep(inputs, backward, optimizer_step, metrics, grads)
 
 
 class _Decoder:
@@ -149,7 +150,8 @@ class _Decoder:
         self.choose_next = choose_next  # sampling.choose_next, passed in: sampling imports this module
         device = next(model.parameters()).device
         self.model, self.prompt_len, self.budget = model, prompt_len, budget
-        self.stop_id, self.pad_id, self.temperature, self.top_k, self.greedy = stop_id, pad_id, temperature, top_k, greedy
+        self.stop_id, self.pad_id = stop_id, pad_id
+        self.temperature, self.top_k, self.greedy = temperature, top_k, greedy
         self.cache = KVCache(model.config, B, prompt_len + budget, device)
         self.logits = torch.zeros(B, model.config.vocab_size, device=device)
         self.uniform = torch.zeros(budget, B, 1, device=device)
@@ -198,9 +200,11 @@ class _Decoder:
 _decoders = _CapturedOnUse()
 
 
-def decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy, choose_next) -> _Decoder | None:
+def decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy,
+            choose_next) -> _Decoder | None:
     """The graphed decoder for this model and batch shape, captured on the shape's third use; None before
-    (the caller decodes eagerly). Keyed by the weights' address too: a model moved or rebuilt gets new graphs."""
-    key = (id(model), model.W_E.weight.data_ptr(), tuple(shape), budget, stop_id, pad_id, temperature, top_k, greedy)
-    return _decoders.fetch(key, lambda: _Decoder(model, shape, budget, stop_id, pad_id, temperature, top_k, greedy,
-                                                 choose_next))
+    (the caller decodes eagerly). Keyed by the weights' address too: a model moved or rebuilt gets new
+    graphs."""
+    settings = (budget, stop_id, pad_id, temperature, top_k, greedy)
+    key = (id(model), model.W_E.weight.data_ptr(), tuple(shape), *settings)
+    return _decoders.fetch(key, lambda: _Decoder(model, shape, *settings, choose_next))
