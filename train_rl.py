@@ -11,7 +11,7 @@ import copy
 from dataclasses import fields, replace
 from pathlib import Path
 
-from nanocot import checkpoint
+from nanocot import checkpoint, distributed
 from nanocot.checkpoint import build_model
 from nanocot.cli import (
     Parser,
@@ -33,6 +33,7 @@ from nanocot.config import SIZES, RLConfig, TaskConfig, from_dict, to_dict
 from nanocot.paraphrase import PARAPHRASERS
 from nanocot.plots import plot_rl
 from nanocot.rl import train_rl
+from nanocot.rl_parallel import DataParallelReinforce
 from nanocot.task import ModularAddition
 from nanocot.tokenizer import Tokenizer
 
@@ -97,6 +98,9 @@ def parse_args(argv=None):
                    help="share of the paraphrased traces rewritten from the last step back (number words "
                         "rarely fit a whole trace; from the front they leave the last step in digits) "
                         f"(default: {d.paraphrase_from_end})")
+    p.add_argument("--group-streams", action="store_true",
+                   help="draw each group's samples from its own seeded stream, as every torchrun run does: "
+                        "a one-process run that a data-parallel run reproduces")
     p.add_argument("--eval-problems", type=positive_int, default=d.eval_problems,
                    help=f"held-out problems for greedy accuracy (default: {d.eval_problems})")
     p.add_argument("--pass-k", type=positive_int, default=d.pass_k,
@@ -140,7 +144,8 @@ def main(argv=None) -> None:
                       max_new_tokens=args.max_new_tokens, warmup_steps=args.warmup_steps,
                       paraphraser=args.paraphraser, paraphrase_from_end=args.paraphrase_from_end,
                       eval_problems=args.eval_problems,
-                      pass_k=args.pass_k, pass_problems=args.pass_problems)
+                      pass_k=args.pass_k, pass_problems=args.pass_problems,
+                      group_streams=args.group_streams or distributed.launched())
     folder = Path(args.ckpt_dir)
     out_path = folder / f"{args.size}-cot.pt"
     # what this run reads must exist before anything is created (a mistyped --ckpt-dir leaves no empty folder)
@@ -154,7 +159,9 @@ def main(argv=None) -> None:
         raise UsageError(f"no starting checkpoint: {' or '.join(map(str, candidates))} not found; run "
                          f"`python train_sft.py --size {args.size} --stage pretrain` (and --stage warmup) "
                          "first")
+    distributed.check_divides(config.prompts_per_step, "--prompts")
     device, _ = setup_run(args)
+    main_process = distributed.WORLD.main  # under torchrun, the first process alone writes
     vocab = Tokenizer().vocab
 
     resume = None
@@ -191,8 +198,13 @@ def main(argv=None) -> None:
     saves = ResumableSaves(out_path, f"python train_rl.py --size {args.size} --ckpt-dir {args.ckpt_dir} "
                            "--resume")
     with saves.reporting_interrupts():
+        save = lambda rec, state: saves.save(payload(rec, state), len(rec["steps"]))
+        parallel = config.group_streams or distributed.WORLD.size > 1
+        trainer = DataParallelReinforce(model, task, config, reference) if parallel else None
         record = train_rl(model, task, config, reference, resume=resume, save_every=args.save_every,
-                          save=lambda rec, state: saves.save(payload(rec, state), len(rec["steps"])))
+                          save=save if main_process else None, trainer=trainer)
+    if not main_process:
+        return
     final = payload(record, None)
     final.pop("start")  # a finished run does not need its starting weights
     checkpoint.save(out_path, final)

@@ -13,7 +13,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from nanocot import checkpoint
+from nanocot import checkpoint, distributed
 from nanocot.checkpoint import describe_mismatch
 from nanocot.cli import (
     Parser,
@@ -174,7 +174,9 @@ def main(argv=None) -> None:
     if not args.resume and args.stage != "pretrain" and not source.exists():
         raise UsageError(f"{source} not found: run `python train_sft.py --size {args.size} --stage pretrain "
                          f"--ckpt-dir {args.ckpt_dir}` first")
+    distributed.check_divides(train_cfg.batch_size, "--batch-size")
     device, _ = setup_run(args)
+    main_process = distributed.WORLD.main  # under torchrun, the first process alone writes
     tok = Tokenizer()
     # the same preset and vocabulary as now: a checkpoint made before a preset changed is refused, naming
     # the field
@@ -182,7 +184,8 @@ def main(argv=None) -> None:
                   "model_config": to_dict(model_config(args.size, len(tok)))}
     saves = ResumableSaves(out_path, f"python train_sft.py --size {args.size} --stage {args.stage} "
                                      f"--ckpt-dir {args.ckpt_dir} --resume")
-    run = dict(save=lambda partial: saves.save(partial, partial["step"]), save_every=args.save_every)
+    run = dict(save=(lambda partial: saves.save(partial, partial["step"])) if main_process else None,
+               save_every=args.save_every)
     with saves.reporting_interrupts():
         if args.resume:
             saved = checkpoint.load(out_path, expect={**same_model, "stage": args.stage})
@@ -208,6 +211,8 @@ def main(argv=None) -> None:
                     "task flags apply to --stage pretrain only")
             payload = finetune(pretrained, args.stage, train_cfg, device, num_examples=args.num_examples,
                                **run)
+    if not main_process:
+        return
     checkpoint.save(out_path, payload)
     from nanocot.plots import (  # here: matplotlib adds ~1 s to every start-up
         plot_direct_comparison,

@@ -8,12 +8,21 @@ Stages whose finished checkpoint exists are skipped (--force redoes them); an in
 resumed. Each stage is one of train_sft.py / train_rl.py / evaluate.py, printed before it runs. Stages
 run side by side as soon as the checkpoint they start from exists (--jobs: 2 at a time on a CPU, 3 on a
 GPU; their output in DIR/logs/); --jobs 1 runs one stage at a time with its output on the terminal.
+
+    torchrun --nproc_per_node 4 -m nanocot --seeds 0-31   # a sweep: the seeds spread over 4 processes
+
+Under torchrun each process runs whole seeds (seeds[rank::world]); a seed whose stage fails is reported
+by seed and the others' results are kept; the first process writes the summary once all are done.
 """
 
 import json
 import sys
 import time
+from pathlib import Path
 
+import torch
+
+from nanocot import distributed
 from nanocot.cli import (
     Parser,
     UsageError,
@@ -56,35 +65,61 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    seeds = args.seeds
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
     if args.jobs < 0:
         raise UsageError(f"--jobs must be >= 0, got {args.jobs}")
-    jobs = args.jobs or (3 if pick_device(args.device).type == "cuda" else 2)
+    if len(args.seeds) < distributed.planned_size():
+        raise UsageError(f"{len(args.seeds)} seeds for {distributed.planned_size()} processes: give at least "
+                         "one seed per process")
+    world = distributed.init(torch.device("cpu"), "gloo")  # a sweep's processes only coordinate
+    if world.main and distributed.launched():
+        print(f"world size {world.size}", flush=True)
+    distributed.gather(None)  # the others print nothing before that line
+    cuda = pick_device(args.device).type == "cuda"
+    jobs = args.jobs or (3 if cuda else 2 if world.size == 1 else 1)  # processes of a sweep share the CPU
     ckpt_root, out_root = writable_dir(args.ckpt_dir), writable_dir(args.out)
     common = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else []) + \
         (["--no-cuda-graphs"] if args.no_cuda_graphs else []) + (["--plain"] if args.plain else [])
-    start, per_seed, timings = time.perf_counter(), {}, {}
-    many = len(seeds) > 1
-    for seed in seeds:
+    start, many = time.perf_counter(), len(args.seeds) > 1
+    mine = {"metrics": {}, "timings": {}, "failed": {}}
+    for seed in args.seeds[world.rank :: world.size]:
         ckpt_dir = ckpt_root / f"seed-{seed}" if many else ckpt_root
         out_dir = out_root / f"seed-{seed}" if many else out_root
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         if many:
             banner(f"seed {seed}")
-        timings[seed] = run_seed(seed, ckpt_dir, out_dir, common, args.small, args.large, args.quick,
-                                 args.force, jobs)
-        per_seed[seed] = json.loads((out_dir / "metrics.json").read_text())
-    total = time.perf_counter() - start
-    banner(f"done in {total:.0f} s")
-    for seed, t in timings.items():
+        try:
+            mine["timings"][seed] = run_seed(seed, ckpt_dir, out_dir, common, args.small, args.large,
+                                             args.quick, args.force, jobs)
+        except StageFailed as failure:
+            if world.size == 1:
+                raise
+            mine["failed"][seed] = str(failure).splitlines()[0]  # the other seeds go on
+            continue
+        mine["metrics"][seed] = json.loads((out_dir / "metrics.json").read_text())
+    done = {key: {k: v for part in distributed.gather(mine) for k, v in part[key].items()} for key in mine}
+    if world.main:
+        report(done, args.seeds, out_root, time.perf_counter() - start)
+    distributed.gather(None)  # the others wait until the summary is written
+    if done["failed"]:
+        sys.exit(1)
+
+
+def report(done: dict, seeds: list[int], out_root: Path, seconds: float) -> None:
+    """The closing lines: timings, failed seeds, and the summary over seeds (OUT/seeds.md) or the report."""
+    banner(f"done in {seconds:.0f} s")
+    for seed, t in sorted(done["timings"].items()):
         if t:
             print(f"seed {seed}: " + ", ".join(f"{name} {s:.0f} s" for name, s in t.items()))
-    if many:
-        print(f"summary over seeds: {seeds_report(summarise(per_seed), seeds, out_root)}")
-    else:
+    for seed, why in sorted(done["failed"].items()):
+        print(f"seed {seed} failed: {why}", file=sys.stderr)
+    kept = sorted(done["metrics"])
+    if len(seeds) > 1 and kept:
+        per_seed = {seed: done["metrics"][seed] for seed in kept}
+        print(f"summary over seeds: {seeds_report(summarise(per_seed), kept, out_root)}")
+    elif kept:
         print(f"report: {out_root / 'report.md'}")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from nanocot import checkpoint, fast
+from nanocot import checkpoint, distributed, fast
 from nanocot.fast import cuda_graphs
 from nanocot.paraphrase import PARAPHRASERS
 
@@ -93,13 +93,17 @@ def paraphraser_names(text: str) -> str:
 
 
 def seed_list(text: str) -> list[int]:
-    """'0,1,2' -> [0, 1, 2]: distinct non-negative whole numbers (--seeds of the pipeline and of the
-    sweeps)."""
+    """'0,1,2' -> [0, 1, 2]; '0-3,7' -> [0, 1, 2, 3, 7]: distinct non-negative whole numbers (--seeds of the
+    pipeline and of the sweeps)."""
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        seeds = []
+        for part in (p.strip() for p in text.split(",")):
+            first, _, last = part.partition("-")
+            if part:
+                seeds += list(range(int(first), int(last) + 1)) if last else [int(part)]
     except ValueError:
-        raise argparse.ArgumentTypeError("expected comma-separated integers, e.g. 0,1,2; got "
-                                         f"{text!r}") from None
+        raise argparse.ArgumentTypeError("expected comma-separated integers or ranges, e.g. 0,1,2 or 0-31; "
+                                         f"got {text!r}") from None
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct non-negative integers, e.g. 0,1,2; got {text!r}")
     return seeds
@@ -116,6 +120,9 @@ def add_run_flags(p: argparse.ArgumentParser, seed_help: str) -> None:
                    help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints and plots (default: out)")
+    p.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
+                   help="under torchrun, how the processes talk: auto = nccl on CUDA, gloo on a CPU "
+                        "(default: auto)")
     add_graph_flag(p)
 
 
@@ -142,8 +149,15 @@ def setup_device(args: argparse.Namespace) -> torch.device:
 
 
 def setup_run(args: argparse.Namespace) -> tuple[torch.device, Path]:
-    """Apply the training scripts' shared flags: the device ones, and check the folder is writable."""
-    return setup_device(args), writable_dir(args.ckpt_dir)
+    """Apply the training scripts' shared flags: the device ones, joining torchrun's processes if launched
+    by it (the first process then says `world size N` first), and check the folder is writable."""
+    device = setup_device(args)
+    if distributed.launched():
+        world = distributed.init(device, args.backend)
+        if world.main:
+            print(f"world size {world.size}", flush=True)
+        distributed.gather(None)  # the others print nothing before that line
+    return device, writable_dir(args.ckpt_dir)
 
 
 def pick_device(name: str) -> torch.device:
@@ -215,7 +229,10 @@ def run_cli(main, interrupted: str = "interrupted: nothing was written for the u
     then tells the user what was kept and how to continue."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        main()
+        try:
+            main()
+        finally:
+            distributed.close()
     except (UsageError, ValueError) as e:  # CheckpointError is a ValueError
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         sys.exit(2)

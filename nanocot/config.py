@@ -136,6 +136,9 @@ class RLConfig:
     # share of the paraphrased samples rewritten from the last step back (as the warm-up's read_from_end)
     paraphrase_from_end: float = 0.5
     max_new_tokens: int = 80
+    # each group of G samples from its own random stream, seeded by (seed, step, group): the same samples
+    # however the groups are split over processes; on under torchrun (rl_parallel.py), off otherwise
+    group_streams: bool = False
     eval_every: int = 250
     eval_problems: int = 300
     pass_k: int = 8

@@ -18,6 +18,8 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
+from nanocot import distributed
+
 
 @contextmanager
 def stop_requests() -> Iterator[threading.Event]:
@@ -49,12 +51,15 @@ class Steps:
     def __init__(self, first: int, total: int, desc: str, state: Callable[[int], dict],
                  save: Callable[[dict], None] | None = None, save_every: int = 0):
         self.first, self.total, self.state, self.save, self.save_every = first, total, state, save, save_every
-        self.bar = tqdm(range(first, total), desc=desc, dynamic_ncols=True, initial=first, total=total)
+        self.bar = tqdm(range(first, total), desc=desc, dynamic_ncols=True, initial=first, total=total,
+                        disable=not distributed.WORLD.main)  # one bar per run, not per process
 
     def __iter__(self) -> Iterator[int]:
         with stop_requests() as stop:
             for step in self.bar:
-                if stop.is_set():  # between steps: the saved state is exactly "steps 0..step-1 done"
+                # between steps, the saved state is exactly "steps 0..step-1 done"; every process stops at
+                # the same step, wherever the signal reached first
+                if distributed.any_rank(stop.is_set()):
                     if self.save is not None and step > 0:  # nothing done yet: keep whatever file is there
                         self.save(self.state(step))
                     raise KeyboardInterrupt(f"interrupted at step {step}")

@@ -144,13 +144,16 @@ def run_script(script: str, args: list[str], log: Path | None = None, running: d
     its output goes to that file (tqdm refreshing every 10 s, not 10 times a second) and the process is
     kept in `running` ({process: log}) while it runs, so a failure elsewhere can stop it cleanly."""
     command = [sys.executable, str(REPO / script), *args]
+    # under torchrun the stages are ordinary one-process runs: they must not join the sweep's process group
+    env = {k: v for k, v in os.environ.items()
+           if k not in TORCHRUN_VARIABLES and not k.startswith("TORCHELASTIC")}
     say("$ " + " ".join(["python", script, *args]) + (f"    (output: {log})" if log else ""))
     if log is None:
-        code = subprocess.call(command, cwd=REPO)
+        code = subprocess.call(command, cwd=REPO, env=env)
     else:
         with open(log, "w") as out:
             process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "TQDM_MININTERVAL": "10"})
+                                       env={**env, "TQDM_MININTERVAL": "10"})
             running[process] = log
             try:
                 code = process.wait()
@@ -158,6 +161,11 @@ def run_script(script: str, args: list[str], log: Path | None = None, running: d
                 running.pop(process, None)
     if code != 0:
         raise StageFailed(script, code, log)
+
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                      "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR",
+                      "MASTER_PORT")
 
 
 class StageFailed(Exception):

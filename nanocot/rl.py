@@ -135,17 +135,16 @@ class Reinforce:
         every = cfg.kl_coef > 0 or cfg.entropy_coef > 0  # these terms touch every sample
         learns = lambda s: every or bool(informative[s.sample // G])
         learned = [[s for s in rollout.traces if learns(s)], [s for s in rollout.answers if learns(s)]]
-        stats = {"reward": rollout.rewards.mean().item(),
-                 "informative_groups": informative.float().mean().item(),
-                 "trace_length": float(np.mean(rollout.lengths)), "flops": self._flops(rollout, learned)}
+        stats = self._stats(rollout, informative, learned)
         times = lambda: {"seconds_sampling": t1 - t0, "seconds_learning": time.perf_counter() - t1}
-        if not informative.any():
+        if not self._anywhere(bool(informative.any())):
             self.step_index += 1
             kl = {"kl": float("nan")} if self.reference is not None else {}
             return {**stats, "loss": 0.0, "skipped": 1.0, "entropy": float("nan"), **times(), **kl}
         loss, logged = self._loss(learned, adv.flatten(), informative)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        loss = self._sum_over_processes(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         check_finite(self.step_index, loss.item(), grad_norm.item(), "RL step")
         for group in self.optimizer.param_groups:
@@ -153,6 +152,18 @@ class Reinforce:
         self.optimizer.step()
         self.step_index += 1
         return {**stats, **logged, "loss": loss.item(), "skipped": 0.0, **times()}
+
+    # one process; rl_parallel.DataParallelReinforce spreads a step's groups over torchrun's processes
+    def _stats(self, rollout: Rollout, informative: torch.Tensor, learned: list[list[Segment]]) -> dict:
+        return {"reward": rollout.rewards.mean().item(),
+                "informative_groups": informative.float().mean().item(),
+                "trace_length": float(np.mean(rollout.lengths)), "flops": self._flops(rollout, learned)}
+
+    def _anywhere(self, flag: bool) -> bool:
+        return flag
+
+    def _sum_over_processes(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
 
     def rollout(self, problems: list[Problem]) -> Rollout:
         """Sample G completions per problem; paraphrase some traces and re-sample their answers; reward."""
@@ -285,11 +296,13 @@ class Reinforce:
 
 
 def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT | None = None,
-             resume: dict | None = None, save=None, save_every: int = 0) -> dict:
+             resume: dict | None = None, save=None, save_every: int = 0,
+             trainer: Reinforce | None = None) -> dict:
     """Run REINFORCE up to config.steps; returns the run's record (per-step logs and periodic evaluations).
-    `resume` is a state an earlier call handed to `save(record, trainer_state)`; the run continues exactly."""
+    `resume` is a state an earlier call handed to `save(record, trainer_state)`; the run continues exactly.
+    `trainer`: another `Reinforce` to run (rl_parallel.DataParallelReinforce)."""
     torch.manual_seed(config.seed)
-    trainer = Reinforce(model, task, config, reference)
+    trainer = trainer or Reinforce(model, task, config, reference)  # or rl_parallel's, under torchrun
     record = {"steps": [], "eval": [], "seconds": 0.0}
     if resume is not None:
         trainer.load_state_dict(resume["trainer"])

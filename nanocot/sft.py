@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from nanocot import distributed
 from nanocot.checkpoint import build_model
 from nanocot.config import CorpusConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
 from nanocot.corpus import corpus_text
@@ -172,12 +173,21 @@ def _evaluator(task: ModularAddition, tok: Tokenizer, mode: str):
     """Held-out and training-split accuracy (the stop reads the training split, so the test set never
     steers training): greedy first token for direct answers, greedy traces on 300 problems for CoT."""
     test, train_sample = task.test_set(), task.train_sample(1000)
+    if mode == COT:
+        test, train_sample = test[:300], train_sample[:300]
+    accuracy = direct_accuracy if mode == DIRECT else cot_accuracy
 
     def evaluate(m: GPT) -> dict:
-        if mode == DIRECT:
-            return {"test_accuracy": direct_accuracy(m, tok, test),
-                    "train_accuracy": direct_accuracy(m, tok, train_sample)}
-        return {"test_accuracy": cot_accuracy(m, tok, test[:300]),
-                "train_accuracy": cot_accuracy(m, tok, train_sample[:300])}
+        return {"test_accuracy": _shared(accuracy, m, tok, test),
+                "train_accuracy": _shared(accuracy, m, tok, train_sample)}
 
     return evaluate
+
+
+def _shared(accuracy, model: GPT, tok: Tokenizer, problems: list) -> float:
+    """`accuracy(model, tok, problems)`, each process scoring its share under torchrun (distributed.py)."""
+    if distributed.WORLD.size == 1:
+        return accuracy(model, tok, problems)
+    mine = distributed.shard(problems)
+    correct = round(accuracy(model, tok, mine) * len(mine)) if mine else 0
+    return distributed.sum_over_ranks([correct])[0] / len(problems)

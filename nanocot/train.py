@@ -10,6 +10,8 @@
   step and both random streams; the numpy stream *is* the data position, so a resumed run is exact.
 - Fast paths (nanocot/fast/): on a CPU the loss unembeds only the masked positions; on CUDA the step is
   replayed as a CUDA graph. Both compute what `masked_loss` and `backward` below compute.
+- Under torchrun each process trains on its rows of the global batch and the gradients are summed over the
+  processes before clipping (distributed.py): the same run at any number of processes.
 """
 
 import math
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nanocot import fast
+from nanocot import distributed, fast
 from nanocot.config import TrainConfig
 from nanocot.data import Batch
 from nanocot.fast import cpu as fast_cpu
@@ -64,22 +66,28 @@ def masked_loss(model: GPT, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def backward(model: GPT, optimizer: torch.optim.Optimizer, parts: list[Batch], grad_clip: float,
-             loss_fn: Callable = masked_loss) -> torch.Tensor:
+             loss_fn: Callable = masked_loss, total: torch.Tensor | None = None) -> torch.Tensor:
     """Zero the gradients, backward through each part weighted by its share of the masked tokens, clip.
-    Returns (loss, token accuracy, gradient norm) as one tensor: one device->host copy reads all three."""
+    Returns (loss, token accuracy, gradient norm) as one tensor: one device->host copy reads all three.
+    With data parallelism `parts` are this process's rows and `total` the masked tokens of the whole batch:
+    the gradients, loss and accuracy are then summed over the processes before clipping."""
     optimizer.zero_grad(set_to_none=True)
-    if len(parts) == 1:
+    if len(parts) == 1 and total is None:
         loss, accuracy = loss_fn(model, parts[0])
         loss.backward()
     else:
         counts = [mask.sum() for _, _, mask in parts]
-        total = torch.stack(counts).sum().clamp(min=1)
+        total = torch.stack(counts).sum().clamp(min=1) if total is None else total
         loss = accuracy = torch.zeros((), device=total.device)
         for part, count in zip(parts, counts):
             part_loss, part_accuracy = loss_fn(model, part)
             weight = count / total
             (part_loss * weight).backward()
             loss, accuracy = loss + part_loss.detach() * weight, accuracy + part_accuracy * weight
+    if distributed.WORLD.size > 1:
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad  # a process may hold no rows
+        distributed.all_reduce_([p.grad for p in model.parameters()] + [loss, accuracy])
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     return torch.stack([loss.detach(), accuracy, grad_norm])
 
@@ -105,7 +113,9 @@ def train(model: GPT, config: TrainConfig, next_batch: Callable[[int], Batch | l
         record, first = resume["record"], resume["step"]
     loss_fn = fast_cpu.masked_loss if fast.on_cpu(device) else masked_loss
     plain_step = lambda parts: backward(model, optimizer, parts, config.grad_clip, loss_fn)
-    graphed = cuda_graphs.GraphedStep(model, optimizer, plain_step) if cuda_graphs.enabled(device) else None
+    graphed = None
+    if cuda_graphs.enabled(device) and distributed.WORLD.size == 1:
+        graphed = cuda_graphs.GraphedStep(model, optimizer, plain_step)
 
     def state(next_step: int) -> dict:  # everything to continue exactly from the start of `next_step`
         return {"step": next_step, "record": record, "optimizer": optimizer.state_dict(),
@@ -121,15 +131,22 @@ def train(model: GPT, config: TrainConfig, next_batch: Callable[[int], Batch | l
             if stop is not None and stop(model, record):
                 stopped = True
                 break
-        parts = next_batch(step)
-        parts = parts if isinstance(parts, list) else [parts]
+        batch = next_batch(step)
+        parts = batch if isinstance(batch, list) else [batch]
         if graphed is not None:
             graphed.set_lr(lr_at(step, config))
             loss, accuracy, grad_norm = graphed.backward(parts).tolist()
         else:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config)
-            loss, accuracy, grad_norm = plain_step(parts).tolist()
+            if distributed.WORLD.size > 1:  # this process's rows of the global batch
+                total = sum(mask.sum() for _, _, mask in parts).clamp(min=1)
+                mine = [rows for rows in (tuple(distributed.shard(t) for t in part) for part in parts)
+                        if len(rows[0])]
+                metrics = backward(model, optimizer, mine, config.grad_clip, loss_fn, total)
+            else:
+                metrics = plain_step(parts)
+            loss, accuracy, grad_norm = metrics.tolist()
         check_finite(step, loss, grad_norm)
         graphed.step() if graphed is not None else optimizer.step()
 
