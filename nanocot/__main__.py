@@ -93,7 +93,7 @@ def main(argv=None) -> None:
         try:
             mine["timings"][seed] = run_seed(seed, ckpt_dir, out_dir, common, args.small, args.large,
                                              args.quick, args.force, jobs)
-        except StageFailed as failure:
+        except (StageFailed, ValueError, OSError) as failure:
             if world.size == 1:
                 raise
             mine["failed"][seed] = str(failure).splitlines()[0]  # the other seeds go on
