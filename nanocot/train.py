@@ -112,9 +112,9 @@ def train(model: GPT, config: TrainConfig, next_batch: Callable[[int], Batch | l
             rng.bit_generator.state = resume["numpy_rng"]
         record, first = resume["record"], resume["step"]
     loss_fn = fast_cpu.masked_loss if fast.on_cpu(device) else masked_loss
-    plain_step = lambda parts: backward(model, optimizer, parts, config.grad_clip, loss_fn)
     graphed = None
     if cuda_graphs.enabled(device) and distributed.WORLD.size == 1:
+        plain_step = lambda parts: backward(model, optimizer, parts, config.grad_clip, loss_fn)
         graphed = cuda_graphs.GraphedStep(model, optimizer, plain_step)
 
     def state(next_step: int) -> dict:  # everything to continue exactly from the start of `next_step`
@@ -133,38 +133,45 @@ def train(model: GPT, config: TrainConfig, next_batch: Callable[[int], Batch | l
                 break
         batch = next_batch(step)
         parts = batch if isinstance(batch, list) else [batch]
-        if graphed is not None:
-            graphed.set_lr(lr_at(step, config))
-            loss, accuracy, grad_norm = graphed.backward(parts).tolist()
-        else:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config)
-            if distributed.WORLD.size > 1:  # this process's rows of the global batch
-                total = sum(mask.sum() for _, _, mask in parts).clamp(min=1)
-                mine = [rows for rows in (tuple(distributed.shard(t) for t in part) for part in parts)
-                        if len(rows[0])]
-                metrics = backward(model, optimizer, mine, config.grad_clip, loss_fn, total)
-            else:
-                metrics = plain_step(parts)
-            loss, accuracy, grad_norm = metrics.tolist()
+        lr = lr_at(step, config)
+        loss, accuracy, grad_norm = _learn(model, optimizer, graphed, parts, lr, config.grad_clip, loss_fn)
         check_finite(step, loss, grad_norm)
         graphed.step() if graphed is not None else optimizer.step()
-
-        for x, _, _ in parts:
-            record["tokens"] += x.numel()
-            record["flops"] += x.numel() * model.flops_per_token(x.shape[1])
-        record["step"].append(step)
-        record["loss"].append(loss)
-        record["token_accuracy"].append(accuracy)
+        _log(record, model, parts, step, loss, accuracy)
         record["seconds"] = elapsed_before + time.perf_counter() - start
-        shown = {"loss": f"{loss:.3f}", "acc": f"{accuracy:.2f}"}
-        if record["eval"]:
-            shown.update({k: f"{v:.2f}" for k, v in record["eval"][-1].items() if k != "step"})
-        steps.show(shown)
+        last_eval = record["eval"][-1] if record["eval"] else {}
+        steps.show({"loss": f"{loss:.3f}", "acc": f"{accuracy:.2f}",
+                    **{k: f"{v:.2f}" for k, v in last_eval.items() if k != "step"}})
     if evaluate is not None and not stopped:
         record["eval"].append({"step": config.steps, **_run_eval(model, evaluate)})
     record["seconds"] = elapsed_before + time.perf_counter() - start
     return record
+
+
+def _learn(model: GPT, optimizer, graphed, parts: list[Batch], lr: float, grad_clip: float,
+           loss_fn: Callable) -> list[float]:
+    """Set the learning rate, then forward, backward and clip: (loss, token accuracy, gradient norm). On CUDA
+    as a replayed graph; under torchrun on this process's rows of the global batch (distributed.py)."""
+    if graphed is not None:
+        graphed.set_lr(lr)
+        return graphed.backward(parts).tolist()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if distributed.WORLD.size == 1:
+        return backward(model, optimizer, parts, grad_clip, loss_fn).tolist()
+    total = sum(mask.sum() for _, _, mask in parts).clamp(min=1)  # the whole batch's tokens
+    mine = [rows for rows in (tuple(distributed.shard(t) for t in part) for part in parts) if len(rows[0])]
+    return backward(model, optimizer, mine, grad_clip, loss_fn, total).tolist()
+
+
+def _log(record: dict, model: GPT, parts: list[Batch], step: int, loss: float, accuracy: float) -> None:
+    """The step's curves, and the tokens and training FLOPs of the whole batch."""
+    for x, _, _ in parts:
+        record["tokens"] += x.numel()
+        record["flops"] += x.numel() * model.flops_per_token(x.shape[1])
+    record["step"].append(step)
+    record["loss"].append(loss)
+    record["token_accuracy"].append(accuracy)
 
 
 def _run_eval(model: GPT, evaluate: Callable[[GPT], dict]) -> dict:
