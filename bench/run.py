@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanocot import checkpoint
+from nanocot import checkpoint, fast
 from nanocot.cli import Parser, first_paragraph, positive_int
 from nanocot.config import MODEL_PRESETS, SIZES, STAGE_DEFAULTS, TaskConfig, model_config
+from nanocot.fast import cpu as fast_cpu
 from nanocot.model import GPT
 from nanocot.rl import RLConfig
 from nanocot.sampling import generate
@@ -90,11 +91,12 @@ def nanocot_train_step(model: GPT, batch, steps: int, forward: torch.nn.Module |
     and the loss under bf16 autocast."""
     optimizer = make_optimizer(model, STAGE_DEFAULTS["pretrain"])
     forward = model if forward is None else forward
+    loss_fn = fast_cpu.masked_loss if fast.on_cpu(DEVICE) else masked_loss  # as the loop picks it
 
     def run():
         for _ in range(steps):
             with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = masked_loss(forward, batch)
+                loss, _ = loss_fn(forward, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
