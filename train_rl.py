@@ -159,7 +159,8 @@ def main(argv=None) -> None:
         raise UsageError(f"no starting checkpoint: {' or '.join(map(str, candidates))} not found; run "
                          f"`python train_sft.py --size {args.size} --stage pretrain` (and --stage warmup) "
                          "first")
-    distributed.check_divides(config.prompts_per_step, "--prompts")
+    if not args.resume:  # a resumed run keeps its saved batch
+        distributed.check_divides(config.prompts_per_step, "--prompts")
     device, _ = setup_run(args)
     main_process = distributed.WORLD.main  # under torchrun, the first process alone writes
     vocab = Tokenizer().vocab

@@ -174,7 +174,8 @@ def main(argv=None) -> None:
     if not args.resume and args.stage != "pretrain" and not source.exists():
         raise UsageError(f"{source} not found: run `python train_sft.py --size {args.size} --stage pretrain "
                          f"--ckpt-dir {args.ckpt_dir}` first")
-    distributed.check_divides(train_cfg.batch_size, "--batch-size")
+    if not args.resume:  # a resumed run keeps its saved batch (uneven shares are still computed right)
+        distributed.check_divides(train_cfg.batch_size, "--batch-size")
     device, _ = setup_run(args)
     main_process = distributed.WORLD.main  # under torchrun, the first process alone writes
     tok = Tokenizer()

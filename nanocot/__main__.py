@@ -16,8 +16,10 @@ by seed and the others' results are kept; the first process writes the summary o
 """
 
 import json
+import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -42,8 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-dir", default="out", help="folder for checkpoints (default: out)")
     p.add_argument("--out", default="out/eval",
                    help="folder for the report, plots and metrics.json (default: out/eval)")
-    p.add_argument("--seeds", type=seed_list, default="0", help="comma-separated seeds; several run the "
-                   "experiment once per seed into DIR/seed-S and summarise (default: 0)")
+    p.add_argument("--seeds", type=seed_list, default="0", help="comma-separated seeds or ranges (0,1,2 or "
+                   "0-31); several run the experiment once per seed into DIR/seed-S and summarise; under "
+                   "torchrun the seeds are spread over the processes (default: 0)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda > mps > cpu), cpu, cuda or mps (default: auto)")
     p.add_argument("--threads", type=int, default=0,
@@ -54,8 +57,8 @@ def parse_args(argv=None):
                    help="preset of the large model (default: large)")
     p.add_argument("--jobs", type=int, default=0, help="stages run side by side, each with its share of the "
                    "CPU threads and its output in DIR/logs/; 1 = one stage at a time, output on the "
-                   "terminal; 0 = 2 on a CPU (the large and the small model's chains), 3 on CUDA "
-                   "(default: 0)")
+                   "terminal; 0 = 2 on a CPU (the large and the small model's chains; 1 per process "
+                   "under torchrun), 3 on CUDA (default: 0)")
     add_graph_flag(p)
     p.add_argument("--force", action="store_true", help="redo every stage even if its checkpoint exists")
     p.add_argument("--quick", action="store_true",
@@ -72,14 +75,16 @@ def main(argv=None) -> None:
     if len(args.seeds) < distributed.planned_size():
         raise UsageError(f"{len(args.seeds)} seeds for {distributed.planned_size()} processes: give at least "
                          "one seed per process")
-    world = distributed.init(torch.device("cpu"), "gloo")  # a sweep's processes only coordinate
+    # a sweep's processes only coordinate, and may wait long for the slowest one's last seed
+    world = distributed.init(torch.device("cpu"), "gloo", timeout=timedelta(days=7))
     if world.main and distributed.launched():
         print(f"world size {world.size}", flush=True)
     distributed.gather(None)  # the others print nothing before that line
     cuda = pick_device(args.device).type == "cuda"
     jobs = args.jobs or (3 if cuda else 2 if world.size == 1 else 1)  # processes of a sweep share the CPU
     ckpt_root, out_root = writable_dir(args.ckpt_dir), writable_dir(args.out)
-    common = ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else []) + \
+    threads = args.threads or _threads_per_process()
+    common = ["--device", args.device] + (["--threads", str(threads)] if threads else []) + \
         (["--no-cuda-graphs"] if args.no_cuda_graphs else []) + (["--plain"] if args.plain else [])
     start, many = time.perf_counter(), len(args.seeds) > 1
     mine = {"metrics": {}, "timings": {}, "failed": {}}
@@ -93,12 +98,11 @@ def main(argv=None) -> None:
         try:
             mine["timings"][seed] = run_seed(seed, ckpt_dir, out_dir, common, args.small, args.large,
                                              args.quick, args.force, jobs)
+            mine["metrics"][seed] = json.loads((out_dir / "metrics.json").read_text())
         except (StageFailed, ValueError, OSError) as failure:
             if world.size == 1:
                 raise
             mine["failed"][seed] = str(failure).splitlines()[0]  # the other seeds go on
-            continue
-        mine["metrics"][seed] = json.loads((out_dir / "metrics.json").read_text())
     done = {key: {k: v for part in distributed.gather(mine) for k, v in part[key].items()} for key in mine}
     if world.main:
         report(done, args.seeds, out_root, time.perf_counter() - start)
@@ -107,15 +111,25 @@ def main(argv=None) -> None:
         sys.exit(1)
 
 
+def _threads_per_process() -> int:
+    """Under torchrun, each process's stages get its share of the CPU (torchrun itself sets one thread
+    per process) and its own GPU; 0 = leave torch's choice (without torchrun)."""
+    if not distributed.launched():
+        return 0
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("LOCAL_RANK", "0"))
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
 def report(done: dict, seeds: list[int], out_root: Path, seconds: float) -> None:
     """The closing lines: timings, failed seeds, and the summary over seeds (OUT/seeds.md) or the report."""
     banner(f"done in {seconds:.0f} s")
-    for seed, t in sorted(done["timings"].items()):
-        if t:
-            print(f"seed {seed}: " + ", ".join(f"{name} {s:.0f} s" for name, s in t.items()))
-    for seed, why in sorted(done["failed"].items()):
-        print(f"seed {seed} failed: {why}", file=sys.stderr)
-    kept = sorted(done["metrics"])
+    for seed in seeds:
+        if done["timings"].get(seed):
+            stages = done["timings"][seed].items()
+            print(f"seed {seed}: " + ", ".join(f"{name} {s:.0f} s" for name, s in stages))
+        if seed in done["failed"]:
+            print(f"seed {seed} failed: {done['failed'][seed]}", file=sys.stderr)
+    kept = [seed for seed in seeds if seed in done["metrics"]]
     if len(seeds) > 1 and kept:
         per_seed = {seed: done["metrics"][seed] for seed in kept}
         print(f"summary over seeds: {seeds_report(summarise(per_seed), kept, out_root)}")

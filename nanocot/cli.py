@@ -99,6 +99,8 @@ def seed_list(text: str) -> list[int]:
         seeds = []
         for part in (p.strip() for p in text.split(",")):
             first, _, last = part.partition("-")
+            if part and last and int(last) < int(first):
+                raise ValueError(part)
             if part:
                 seeds += list(range(int(first), int(last) + 1)) if last else [int(part)]
     except ValueError:
@@ -234,12 +236,18 @@ def run_cli(main, interrupted: str = "interrupted: nothing was written for the u
         finally:
             distributed.close()
     except (UsageError, ValueError) as e:  # CheckpointError is a ValueError
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        _say(f"error: {one_line(str(e))}")
         sys.exit(2)
     except FloatingPointError as e:  # training diverged: say where, keep whatever was saved before
-        print(f"error: training diverged ({e}); stopped before the bad update, the last good checkpoint on "
-              "disk (if any) is kept; try a lower --lr", file=sys.stderr)
+        _say(f"error: training diverged ({e}); stopped before the bad update, the last good checkpoint on "
+             "disk (if any) is kept; try a lower --lr")
         sys.exit(1)
     except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
+        _say(interrupted)
         sys.exit(130)
+
+
+def _say(line: str) -> None:
+    """A closing line on stderr; under torchrun the first process speaks for all (same exit code each)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr)

@@ -137,7 +137,7 @@ class RLConfig:
     paraphrase_from_end: float = 0.5
     max_new_tokens: int = 80
     # each group of G samples from its own random stream, seeded by (seed, step, group): the same samples
-    # however the groups are split over processes; on under torchrun (rl_parallel.py), off otherwise
+    # however the groups are split over processes; always on under torchrun (rl_parallel.py)
     group_streams: bool = False
     eval_every: int = 250
     eval_problems: int = 300

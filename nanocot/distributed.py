@@ -13,6 +13,7 @@
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Sequence, TypeVar
 
 import torch
@@ -40,8 +41,9 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
-def init(device: torch.device, backend: str = "auto") -> World:
-    """Join torchrun's process group (no-op without torchrun). NCCL needs CUDA; gloo runs anywhere."""
+def init(device: torch.device, backend: str = "auto", timeout: timedelta | None = None) -> World:
+    """Join torchrun's process group (no-op without torchrun). NCCL needs CUDA; gloo runs anywhere.
+    `timeout`: how long a collective may wait for the slowest process (torch's default: 30 minutes)."""
     global WORLD
     if not launched() or dist.is_initialized():
         return WORLD
@@ -49,11 +51,11 @@ def init(device: torch.device, backend: str = "auto") -> World:
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"unknown backend {backend!r}: use auto, gloo or nccl")
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise ValueError("backend nccl needs CUDA, and this machine has none: use --backend gloo")
+    if backend == "nccl" and (device.type != "cuda" or not torch.cuda.is_available()):
+        raise ValueError("backend nccl needs CUDA (a GPU and --device cuda): use --backend gloo")
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))
     WORLD = World(dist.get_rank(), dist.get_world_size(), "cuda" if backend == "nccl" else "cpu")
     return WORLD
 

@@ -137,14 +137,14 @@ class Reinforce:
         learned = [[s for s in rollout.traces if learns(s)], [s for s in rollout.answers if learns(s)]]
         stats = self._stats(rollout, informative, learned)
         times = lambda: {"seconds_sampling": t1 - t0, "seconds_learning": time.perf_counter() - t1}
-        if not self._anywhere(bool(informative.any())):
+        if not self._any_process(bool(informative.any())):
             self.step_index += 1
             kl = {"kl": float("nan")} if self.reference is not None else {}
             return {**stats, "loss": 0.0, "skipped": 1.0, "entropy": float("nan"), **times(), **kl}
         loss, logged = self._loss(learned, adv.flatten(), informative)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        loss = self._sum_over_processes(loss)
+        loss = self._reduce_gradients(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         check_finite(self.step_index, loss.item(), grad_norm.item(), "RL step")
         for group in self.optimizer.param_groups:
@@ -159,10 +159,10 @@ class Reinforce:
                 "informative_groups": informative.float().mean().item(),
                 "trace_length": float(np.mean(rollout.lengths)), "flops": self._flops(rollout, learned)}
 
-    def _anywhere(self, flag: bool) -> bool:
+    def _any_process(self, flag: bool) -> bool:
         return flag
 
-    def _sum_over_processes(self, loss: torch.Tensor) -> torch.Tensor:
+    def _reduce_gradients(self, loss: torch.Tensor) -> torch.Tensor:
         return loss
 
     def rollout(self, problems: list[Problem]) -> Rollout:
@@ -214,8 +214,7 @@ class Reinforce:
         cfg, G = self.config, self.config.samples_per_prompt
         logps, masks, advs = [], [], []
         entropy_sum, n_tokens, kl_sum, kl_tokens = 0.0, 0.0, 0.0, 0.0
-        kl_due = cfg.kl_coef > 0 or self.step_index % max(1, cfg.kl_log_every) == 0
-        with_kl = self.reference is not None and kl_due
+        with_kl = self.reference is not None and self._kl_due()
         kl_samples = self._kl_samples(learned)
         for batch in learned:
             if not batch:
@@ -240,6 +239,10 @@ class Reinforce:
         if self.reference is not None:  # KL(policy || start) per token; NaN on steps that do not estimate it
             logged["kl"] = (kl_sum / kl_tokens).item() if with_kl else float("nan")
         return loss, logged
+
+    def _kl_due(self) -> bool:
+        """The KL to the start policy is estimated when it is in the loss, else every kl_log_every steps."""
+        return self.config.kl_coef > 0 or self.step_index % max(1, self.config.kl_log_every) == 0
 
     def _kl_samples(self, learned: list[list[Segment]]) -> set[int] | None:
         """The samples whose KL to the start policy is estimated: all when the KL is in the loss, else the
@@ -302,7 +305,8 @@ def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT
     `resume` is a state an earlier call handed to `save(record, trainer_state)`; the run continues exactly.
     `trainer`: another `Reinforce` to run (rl_parallel.DataParallelReinforce)."""
     torch.manual_seed(config.seed)
-    trainer = trainer or Reinforce(model, task, config, reference)  # or rl_parallel's, under torchrun
+    if trainer is None:  # rl_parallel's, under torchrun
+        trainer = Reinforce(model, task, config, reference)
     record = {"steps": [], "eval": [], "seconds": 0.0}
     if resume is not None:
         trainer.load_state_dict(resume["trainer"])

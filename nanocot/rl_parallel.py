@@ -49,7 +49,7 @@ class DataParallelReinforce(Reinforce):
         return {"reward": r / n, "informative_groups": i / g, "trace_length": length / count,
                 "flops": flops}
 
-    def _anywhere(self, flag: bool) -> bool:
+    def _any_process(self, flag: bool) -> bool:
         return distributed.any_rank(flag)  # a step is skipped only when no process has a signal
 
     def _loss(self, learned: list[list[Segment]], adv: torch.Tensor, informative: torch.Tensor):
@@ -57,25 +57,26 @@ class DataParallelReinforce(Reinforce):
         G = self.config.samples_per_prompt
         segments = [s for batch in learned for s in batch]
         kl_samples = self._kl_samples(learned)
-        mine = [sum(len(s.tokens) for s in segments if informative[s.sample // G]),
-                sum(len(s.tokens) for s in segments),
-                sum(len(s.tokens) for s in segments if kl_samples is None or s.sample in kl_samples)]
+        pg_tokens = sum(len(s.tokens) for s in segments if informative[s.sample // G])
+        tokens = sum(len(s.tokens) for s in segments)
+        kl_tokens = sum(len(s.tokens) for s in segments if kl_samples is None or s.sample in kl_samples)
         if segments:
             loss, logged = super()._loss(learned, adv, informative)
         else:  # no signal here: a zero loss still joins the gradient sum
             loss = sum(p.sum() for p in self.model.parameters()) * 0.0
             logged = {"entropy": 0.0}
-        kl_due = self.config.kl_coef > 0 or self.step_index % max(1, self.config.kl_log_every) == 0
+        kl_due = self._kl_due()
         kl = logged.get("kl", 0.0) if kl_due and segments else 0.0
-        pg, tokens, kl_tokens, entropy, kl = distributed.sum_over_ranks(
-            mine + [logged["entropy"] * mine[1], kl * mine[2]])  # per-token means back to sums
-        logged["entropy"] = entropy / max(tokens, 1)
+        all_pg, all_tokens, all_kl_tokens, entropy_sum, kl_sum = distributed.sum_over_ranks(
+            [pg_tokens, tokens, kl_tokens, logged["entropy"] * tokens, kl * kl_tokens])  # means back to sums
+        logged["entropy"] = entropy_sum / max(all_tokens, 1)
         if self.reference is not None:
-            logged["kl"] = kl / max(kl_tokens, 1) if kl_due else float("nan")
-        return loss * (mine[0] / max(pg, 1)), logged
+            logged["kl"] = kl_sum / max(all_kl_tokens, 1) if kl_due else float("nan")
+        return loss * (pg_tokens / max(all_pg, 1)), logged
 
-    def _sum_over_processes(self, loss: torch.Tensor) -> torch.Tensor:
-        """Sum the gradients (and the logged loss) over the processes, before clipping."""
+    def _reduce_gradients(self, loss: torch.Tensor) -> torch.Tensor:
+        """Sum the gradients (and the logged loss) over the processes, before clipping; a process without
+        a gradient for a weight adds zeros."""
         loss, params = loss.detach(), list(self.model.parameters())
         for p in params:
             p.grad = torch.zeros_like(p) if p.grad is None else p.grad

@@ -178,13 +178,13 @@ def _evaluator(task: ModularAddition, tok: Tokenizer, mode: str):
     accuracy = direct_accuracy if mode == DIRECT else cot_accuracy
 
     def evaluate(m: GPT) -> dict:
-        return {"test_accuracy": _shared(accuracy, m, tok, test),
-                "train_accuracy": _shared(accuracy, m, tok, train_sample)}
+        return {"test_accuracy": _over_processes(accuracy, m, tok, test),
+                "train_accuracy": _over_processes(accuracy, m, tok, train_sample)}
 
     return evaluate
 
 
-def _shared(accuracy, model: GPT, tok: Tokenizer, problems: list) -> float:
+def _over_processes(accuracy, model: GPT, tok: Tokenizer, problems: list) -> float:
     """`accuracy(model, tok, problems)`, each process scoring its share under torchrun (distributed.py)."""
     if distributed.WORLD.size == 1:
         return accuracy(model, tok, problems)

@@ -78,7 +78,7 @@ def backward(model: GPT, optimizer: torch.optim.Optimizer, parts: list[Batch], g
     else:
         counts = [mask.sum() for _, _, mask in parts]
         total = torch.stack(counts).sum().clamp(min=1) if total is None else total
-        loss = accuracy = torch.zeros((), device=total.device)
+        loss, accuracy = torch.zeros((), device=total.device), torch.zeros((), device=total.device)
         for part, count in zip(parts, counts):
             part_loss, part_accuracy = loss_fn(model, part)
             weight = count / total
@@ -160,7 +160,11 @@ def _learn(model: GPT, optimizer, graphed, parts: list[Batch], lr: float, grad_c
     if distributed.WORLD.size == 1:
         return backward(model, optimizer, parts, grad_clip, loss_fn).tolist()
     total = sum(mask.sum() for _, _, mask in parts).clamp(min=1)  # the whole batch's tokens
-    mine = [rows for rows in (tuple(distributed.shard(t) for t in part) for part in parts) if len(rows[0])]
+    mine = []  # this process's rows of each part (none, when a part has fewer rows than processes)
+    for x, y, mask in parts:
+        rows = distributed.shard(x), distributed.shard(y), distributed.shard(mask)
+        if len(rows[0]):
+            mine.append(rows)
     return backward(model, optimizer, mine, grad_clip, loss_fn, total).tolist()
 
 
