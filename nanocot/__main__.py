@@ -112,11 +112,10 @@ def main(argv=None) -> None:
 
 
 def _threads_per_process() -> int:
-    """Under torchrun, each process's stages get its share of the CPU (torchrun itself sets one thread
-    per process) and its own GPU; 0 = leave torch's choice (without torchrun)."""
+    """Under torchrun, each process's stages get its share of the CPU threads (torchrun itself sets one
+    thread per process); 0 = leave torch's choice (without torchrun)."""
     if not distributed.launched():
         return 0
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("LOCAL_RANK", "0"))
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 

@@ -91,6 +91,14 @@ def all_reduce_(tensors: list[torch.Tensor]) -> None:
         offset += t.numel()
 
 
+def sum_gradients(model: torch.nn.Module, values: list[torch.Tensor]) -> None:
+    """Sum every weight's gradient, and `values`, over the ranks, in place; a rank without a gradient for a
+    weight (it held no rows) adds zeros."""
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
+    all_reduce_([p.grad for p in model.parameters()] + values)
+
+
 def sum_over_ranks(values: list[float]) -> list[float]:
     """Each number summed over the ranks (counts and sums for logs and metrics)."""
     if WORLD.size == 1:

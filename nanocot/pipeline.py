@@ -147,6 +147,8 @@ def run_script(script: str, args: list[str], log: Path | None = None, running: d
     # under torchrun the stages are ordinary one-process runs: they must not join the sweep's process group
     env = {k: v for k, v in os.environ.items()
            if k not in TORCHRUN_VARIABLES and not k.startswith("TORCHELASTIC")}
+    if "LOCAL_RANK" in os.environ:  # each process of a sweep runs its stages on its own GPU
+        env.setdefault("CUDA_VISIBLE_DEVICES", os.environ["LOCAL_RANK"])
     say("$ " + " ".join(["python", script, *args]) + (f"    (output: {log})" if log else ""))
     if log is None:
         code = subprocess.call(command, cwd=REPO, env=env)

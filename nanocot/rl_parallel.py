@@ -77,8 +77,6 @@ class DataParallelReinforce(Reinforce):
     def _reduce_gradients(self, loss: torch.Tensor) -> torch.Tensor:
         """Sum the gradients (and the logged loss) over the processes, before clipping; a process without
         a gradient for a weight adds zeros."""
-        loss, params = loss.detach(), list(self.model.parameters())
-        for p in params:
-            p.grad = torch.zeros_like(p) if p.grad is None else p.grad
-        distributed.all_reduce_([p.grad for p in params] + [loss])
+        loss = loss.detach()
+        distributed.sum_gradients(self.model, [loss])
         return loss

@@ -85,9 +85,7 @@ def backward(model: GPT, optimizer: torch.optim.Optimizer, parts: list[Batch], g
             (part_loss * weight).backward()
             loss, accuracy = loss + part_loss.detach() * weight, accuracy + part_accuracy * weight
     if distributed.WORLD.size > 1:
-        for p in model.parameters():
-            p.grad = torch.zeros_like(p) if p.grad is None else p.grad  # a process may hold no rows
-        distributed.all_reduce_([p.grad for p in model.parameters()] + [loss, accuracy])
+        distributed.sum_gradients(model, [loss, accuracy])
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     return torch.stack([loss.detach(), accuracy, grad_norm])
 
