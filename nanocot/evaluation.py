@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanocot import checkpoint, plots
+from nanocot import checkpoint, interpret, plots
 from nanocot import faithfulness as fa
 from nanocot.checkpoint import build_model
 from nanocot.config import TaskConfig, from_dict
@@ -58,9 +58,13 @@ class Sizes:
     pass_k: int = 8
     probes: int = 3000
     samples: int = 4  # sample traces per split in the report
+    # training problems that fit interpret.py's probes and its per-(sum, modulus) means (~14 per cell)
+    interpret_fit: int = 20000
+    reducer_steps: int = 400  # training steps of each fresh reducer in interpret.reducer_capacity
 
 
-QUICK = Sizes(test=150, ood=100, pass_problems=40, pass_k=4, probes=600, samples=3)
+QUICK = Sizes(test=150, ood=100, pass_problems=40, pass_k=4, probes=600, samples=3, interpret_fit=2000,
+              reducer_steps=40)
 
 
 @dataclass
@@ -114,7 +118,8 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
                      "black_box": {}, "compute": {}, "samples": {}}
     for e in entries:
         torch.manual_seed(seed)
-        steps = ["accuracy"] + (["sampling", "faithfulness", "probes"] if e.mode == COT else ["probes"])
+        steps = ["accuracy"] + (["sampling", "faithfulness", "probes"] if e.mode == COT
+                                else ["probes", "inside"])
         bar = tqdm(steps, desc=e.name, dynamic_ncols=True)
         texts: dict[str, list[str]] = {}
         for step in bar:
@@ -133,8 +138,7 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
                 metrics["faithfulness"][e.name]["iid_agreement"] = (
                     metrics["models"][e.name]["sampled"]["agreement"])
             else:
-                metrics["black_box"][e.name] = _black_box(
-                    e, tok, task, splits, sizes, metrics["models"][e.name], out)
+                metrics["black_box"][e.name] = _black_box(e, tok, task, splits, sizes, out, seed)
         metrics["compute"][e.name] = _compute(e, tok, splits["test"], texts.get("test"))
     metrics["training"] = _training(entries, metrics["compute"], out)
     plots.plot_accuracy(metrics, out / "accuracy.png")
@@ -295,9 +299,10 @@ def headline_paraphrase_accuracy(para: dict) -> float:
             else float(np.mean([para[n]["accuracy"]["value"] for n in HEADLINE_PARAPHRASERS])))
 
 
-def _black_box(e: Entry, tok: Tokenizer, task: ModularAddition, splits: dict, sizes: Sizes, acc: dict,
-               out: Path) -> dict:
-    """Probes for every model (at its own prompt's last token); behaviour tests for direct models."""
+def _black_box(e: Entry, tok: Tokenizer, task: ModularAddition, splits: dict, sizes: Sizes, out: Path,
+               seed: int) -> dict:
+    """Probes for every model (at its own prompt's last token); behaviour tests and the causal analysis of
+    interpret.py ("inside") for direct models."""
     result = {"probes": linear_probes(e.model, tok, task.test_set(sizes.probes), e.mode)}
     if e.mode == DIRECT:
         problems = splits["test"] + splits["larger"] + splits["negative"]
@@ -307,6 +312,10 @@ def _black_box(e: Entry, tok: Tokenizer, task: ModularAddition, splits: dict, si
         result["cot_in_context"] = cot_in_context(e.model, tok, splits["test"])
         maps, labels = attention_maps(e.model, tok, prompt(splits["test"][0], DIRECT))
         plots.plot_attention(maps, labels, out / f"attention-{e.name}.png", e.name)
+        ood = {k: splits[k] for k in ("negative", "larger")}
+        result["inside"] = interpret.analyse(e.model, tok, task, splits["test"], ood, sizes.interpret_fit,
+                                             sizes.reducer_steps, seed)
+        plots.plot_inside(result["inside"], out / f"inside-{e.name}.png", e.name)
     return result
 
 

@@ -222,3 +222,34 @@ def plot_compute(metrics: dict, path: str | Path) -> None:
            ylabel="test accuracy", ylim=(-0.02, 1.05), title="accuracy vs inference compute")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_inside(inside: dict, path: str | Path, title: str) -> None:
+    """interpret.py's analysis of one direct model: probe R² per layer (with intervals), where each head at
+    "=" looks, and how often the answer moves to (s + δ) mod m when the sum is moved after block 1."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    ax = axes[0]
+    for name, per_layer in inside["probes"].items():
+        values = np.array([r["value"] for r in per_layer])
+        errors = np.array([[r["value"] - r["lo"], r["hi"] - r["value"]] for r in per_layer]).T
+        ax.errorbar(np.arange(len(values)), values, yerr=np.maximum(errors, 0), marker="o", capsize=3,
+                    label=name)
+    ax.set(xlabel="layer (0 = embeddings)", ylabel="linear probe R² (held out)", ylim=(-0.05, 1.05),
+           title=f"{title}: what the residual at '=' holds")
+    ax.legend()
+    ax = axes[1]
+    heads, bottom = inside["heads"], np.zeros(len(inside["heads"]))
+    for part in ("operands", "modulus", "%", "other"):
+        share = np.array([h[part] for h in heads])
+        ax.bar([h["site"] for h in heads], share, bottom=bottom, label=part)
+        bottom += share
+    ax.set(ylabel="attention from '='", ylim=(0, 1.02), title="where each head looks")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    for way, rows in inside["steering"]["sum"]["resid1"].items():
+        if way in ("linear", "interchange"):
+            ax.plot([int(d) for d in rows], [r["value"] for r in rows.values()], marker="o", label=way)
+    ax.set(xlabel="δ added to the sum after block 1", ylabel="answers that become (s + δ) mod m",
+           ylim=(-0.02, 1.02), title="moving the sum")
+    ax.legend()
+    _save(fig, path)

@@ -173,13 +173,16 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
     for name, b in metrics["black_box"].items():
         if "periodicity" not in b:
             continue
+        if "inside" in b:
+            out.append(f"- **(g) black box ({name})**: " + inside_verdict(b["inside"], _trace_consistency(
+                metrics, best_cot)))
+            continue
         p = b["probes"]
         out.append(f"- **(g) black box ({name})**: the answer is linearly decodable at the last layer "
                    f"{_pct(p['mod'][-1])} of the time (chance {_pct(p['mod_chance'])}); periodicity holds "
                    f"{_pct(b['periodicity']['value'])}, commutativity {_pct(b['commutativity']['value'])}; a "
                    "worked trace of another problem in context moves its answer "
-                   f"{_pct(b['cot_in_context']['moved']['value'])} of the time. None of this says *how* it "
-                   "computes, which a trace would.")
+                   f"{_pct(b['cot_in_context']['moved']['value'])} of the time.")
     comp = metrics["compute"]
     if best_cot and big:
         ratio = (comp[best_cot]["inference_flops_per_answer"]
@@ -262,7 +265,7 @@ def _per_layer(probes: dict, key: str) -> str:
 
 
 def _black_box_section(metrics: dict) -> list[str]:
-    lines = ["## 5. The black box", ""]
+    lines = ["## 5. The black box, and inside it", ""]
     for name, b in metrics["black_box"].items():
         p = b["probes"]
         lines += [f"**{name}**: linear probes at the answer position ({p['n_train']} fit / {p['n_test']} "
@@ -277,7 +280,111 @@ def _black_box_section(metrics: dict) -> list[str]:
                       f"answer {fmt(b['cot_in_context']['moved'])} and makes it that problem's answer "
                       f"{fmt(b['cot_in_context']['follow_rate'])}.", "",
                       f"![attention](attention-{name}.png)", ""]
+        if "inside" in b:
+            lines += _inside_section(name, b["inside"])
     return lines + ["![probes](probes.png)", ""]
+
+
+def _mean_rate(rates: dict) -> float:
+    return sum(r["value"] for r in rates.values()) / max(len(rates), 1)
+
+
+def _trace_consistency(metrics: dict, cot_name: str | None) -> dict:
+    """Per OOD split, how often the CoT model's answer is the value its own trace ends on (the monitor's
+    consistency): what reading the trace predicts about the answer."""
+    if not cot_name or cot_name not in metrics.get("monitor", {}):
+        return {}
+    return {split: m["consistency"] for split, m in metrics["monitor"][cot_name]["splits"].items()}
+
+
+def _why_it_fails(ex: dict, red: dict, readers: dict) -> str:
+    """Verdict (g) for a direct model that fails: which value the fresh-reducer test says it lacks at '='."""
+    lacks = [v for v, key in (("the sum", "own+sum"), ("the modulus", "own+modulus")) if red[key] >= 0.9]
+    cause = "the test does not single out one missing value"
+    if lacks and red["sum+modulus"] >= 0.9:
+        cause = f"it lacks {' and '.join(lacks)} at '=', not the width to reduce"
+    return (f"accuracy {_pct(ex['model']['value'])}. Heads reading the operands: "
+            f"{readers['operands'] or 'none'}; the modulus: {readers['modulus'] or 'none'}. A fresh reducer "
+            f"as wide as its MLP reaches {_pct(red['own'])} from its own features at '=', "
+            f"{_pct(red['own+modulus'])} with the true modulus added, {_pct(red['own+sum'])} with the true "
+            f"sum added and {_pct(red['sum+modulus'])} from (sum, modulus) alone: {cause}.")
+
+
+def inside_verdict(inside: dict, trace: dict) -> str:
+    """Verdict (g) from interpret.py's numbers: what was found inside a direct model, and whether the
+    mechanism read from inside predicts its out-of-distribution answers as well as a trace predicts a CoT
+    model's."""
+    probes, ood, ex, red = inside["probes"], inside["ood"], inside["explained"], inside["reducer"]
+    readers = {role: [h["site"] for h in inside["heads"] if h["role"] == role]
+               for role in ("operands", "modulus")}
+    if ex["model"]["value"] < 0.5:  # a model that fails: why
+        return _why_it_fails(ex, red, readers)
+    best = {q: max(range(len(probes[q])), key=lambda layer: probes[q][layer]["value"])
+            for q in ("sum", "modulus")}
+    r2 = {q: f"{probes[q][best[q]]['value']:.3f}" for q in best}
+    moves = {way: _pct(_mean_rate(rates)) for way, rates in inside["steering"]["sum"]["resid1"].items()}
+    splits = [s for s in ood if s not in ("layers", "test")]
+    predicted = ", ".join(f"{s} {_pct(ood[s]['predicts_model']['value'])}" for s in splits)
+    by_trace = ", ".join(f"{s} {_pct(trace[s]['value'])}" for s in splits if s in trace)
+    opened = ex["kept"] >= 0.9 and min(ood[s]["predicts_model"]["value"] for s in splits) >= 0.8
+    found = (f"the raw sum is linearly readable after layer {best['sum']} (R² {r2['sum']}) and the modulus "
+             f"after layer {best['modulus']} (R² {r2['modulus']}); heads {readers['operands'] or 'none'} "
+             f"read the operands and {readers['modulus'] or 'none'} the modulus.")
+    causal = (f"Moving the sum after block 1 moves the answer to (s + δ) mod m {moves['linear']} of the time "
+              f"along the probe's direction and {moves['interchange']} when a real residual with that sum is "
+              f"written in. Fed only what (sum, modulus) determine, the last MLP keeps {_pct(ex['kept'])} of "
+              f"the accuracy (given the modulus alone: {_pct(ex['excluded']['value'])}).")
+    outside = f"Out of distribution the mechanism read from inside predicts the model's answer on {predicted}"
+    if by_trace:
+        outside += f"; a trace predicts its CoT model's answer on {by_trace}"
+    outside += "."
+    verdict = ("**Opened**: 'sum, then reduce' explains it and predicts it out of distribution." if opened
+               else "**Partly opened**: the values are there and used, but the understood part neither "
+               "explains all of the accuracy nor predicts the answers out of distribution.")
+    return " ".join([found, causal, outside, verdict])
+
+
+def _inside_section(name: str, inside: dict) -> list[str]:
+    """interpret.py's tables for one direct model."""
+    probes = inside["probes"]
+    layers = len(probes["sum"])
+    lines = [f"### Inside {name}", "",
+             f"Fitted on {inside['n_fit']} training problems, scored on {inside['n_score']} held-out ones, "
+             "at the '=' token. Linear-probe R² per layer (0 = embeddings), 95% bootstrap intervals:", ""]
+    lines += _table(["value"] + [f"layer {i}" for i in range(layers)],
+                    [[q] + [fmt(r) for r in rates] for q, rates in probes.items()])
+    lines += [""]
+    lines += _table(["head", "operands", "modulus", "%", "other", "role"],
+                    [[h["site"]] + [f"{h[k]:.2f}" for k in ("operands", "modulus", "%", "other")]
+                     + [h["role"]] for h in inside["heads"]]) + [""]
+    rows = []
+    for quantity, by_site in inside["steering"].items():
+        for site, ways in by_site.items():
+            for way, rates in ways.items():
+                rows.append([quantity, site, way] + [fmt(r) for r in rates.values()])
+    shifts = list(next(iter(next(iter(inside["steering"].values())).values()))["linear"])
+    lines += ["Moving a value by δ at '=' after a block: the share of answers that move as predicted "
+              "((s + δ) mod m for the sum, s mod (m + δ) for the modulus). After the last block an "
+              "interchange hands over the whole answer, so only the earlier rows test an intermediate.", ""]
+    lines += _table(["value", "site", "how"] + [f"δ = {d}" for d in shifts], rows) + [""]
+    lines += ["Components: accuracy with the output mean-ablated, and the share of answers that follow a "
+              "changed operand when only this component's output at '=' is patched from the changed problem.",
+              ""]
+    lines += _table(["component", "accuracy, mean-ablated", "follows a changed operand"],
+                    [[site, fmt(inside["ablation"][site]) if site in inside["ablation"] else "",
+                      fmt(rate)] for site, rate in inside["patching"].items()]) + [""]
+    ex, red = inside["explained"], inside["reducer"]
+    lines += [f"Explained accuracy: the last MLP's input at '=' replaced by its mean given (sum, modulus): "
+              f"{fmt(ex['restricted'])}, given the modulus only: {fmt(ex['excluded'])}; the model: "
+              f"{fmt(ex['model'])} (kept {_pct(ex['kept'])}). A fresh reducer as wide as its MLP, trained on "
+              + ", ".join(f"{k}: {_pct(v)}" for k, v in red.items()) + ".", ""]
+    ood = inside["ood"]
+    lines += _table(["split", "model accuracy", "mechanism predicts its answer", "… of its wrong answers",
+                     "sum read exactly", "modulus read exactly"],
+                    [[s, fmt(r["model_accuracy"]), fmt(r["predicts_model"]), fmt(r["predicts_model_errors"]),
+                      fmt(r["sum_read_exactly"]), fmt(r["modulus_read_exactly"])]
+                     for s, r in ood.items() if s != "layers"])
+    return lines + ["", f"![inside](inside-{name}.png)", ""]
 
 
 def _compute_section(metrics: dict) -> list[str]:
