@@ -122,3 +122,42 @@ def test_reducer_learns_the_answer_from_sum_and_modulus():
     noise = interpret.train_reducer(torch.randn(3000, 8), fit.values["answer"], torch.randn(300, 8),
                                     score.values["answer"], width=128, classes=30, steps=100)
     assert got > 0.6 and noise < 0.2
+
+
+def _rate(v: float) -> dict:
+    return {"value": v, "lo": v, "hi": v, "n": 100}
+
+
+OOD_KEYS = ("model_accuracy", "predicts_model", "predicts_model_errors", "sum_read_exactly",
+            "modulus_read_exactly")
+
+
+def _inside(accuracy: float, reducer: dict, kept: float, predicts: float) -> dict:
+    heads = [{"site": "L0H0", "operands": 0.9, "modulus": 0.1, "%": 0.0, "other": 0.0, "role": "operands"}]
+    return {"n_fit": 100, "n_score": 100, "heads": heads,
+            "probes": {q: [_rate(0.0), _rate(0.99)] for q in interpret.QUANTITIES},
+            "steering": {q: {"resid1": {"linear": {"1": _rate(0.0)}, "interchange": {"1": _rate(0.5)}}}
+                         for q in ("sum", "modulus")},
+            "ablation": {"L0H0": _rate(0.1)}, "patching": {"resid1": _rate(0.4), "L0H0": _rate(0.2)},
+            "explained": {"restricted": _rate(kept * accuracy), "excluded": _rate(0.05),
+                          "model": _rate(accuracy), "kept": kept},
+            "reducer": reducer,
+            "ood": {"layers": {"sum": 1, "modulus": 1}, **{s: {k: _rate(predicts) for k in OOD_KEYS}
+                                                           for s in ("test", "negative", "larger")}}}
+
+
+def test_verdict_g_follows_the_numbers():
+    from nanocot.report import _inside_section, inside_verdict
+
+    lacking_sum = {"own": 0.06, "own+modulus": 0.07, "own+sum": 0.85, "sum+modulus": 0.99}
+    assert "it lacks the sum" in inside_verdict(_inside(0.06, lacking_sum, 1.0, 0.0), {})
+    narrow = {"own": 0.06, "own+modulus": 0.07, "own+sum": 0.3, "sum+modulus": 0.4}
+    assert "cannot compute" in inside_verdict(_inside(0.06, narrow, 1.0, 0.0), {})
+    full = {"own": 0.99, "own+modulus": 0.99, "own+sum": 0.99, "sum+modulus": 0.99}
+    trace = {"negative": _rate(0.98), "larger": _rate(0.97)}
+    partly = inside_verdict(_inside(0.99, full, 0.75, 0.05), trace)
+    assert "**Partly opened**" in partly
+    assert "a trace predicts its CoT model's answer on negative 98.0%" in partly
+    assert "**Opened**" in inside_verdict(_inside(0.99, full, 0.95, 0.9), trace)
+    section = "\n".join(_inside_section("large-direct", _inside(0.99, full, 0.75, 0.05)))
+    assert "### Inside large-direct" in section and "| sum |" in section
