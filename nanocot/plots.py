@@ -234,6 +234,7 @@ def plot_inside(inside: dict, path: str | Path, title: str) -> None:
         errors = np.array([[r["value"] - r["lo"], r["hi"] - r["value"]] for r in per_layer]).T
         ax.errorbar(np.arange(len(values)), values, yerr=np.maximum(errors, 0), marker="o", capsize=3,
                     label=name)
+    ax.set_xticks(range(len(inside["probes"]["sum"])))
     ax.set(xlabel="layer (0 = embeddings)", ylabel="linear probe R² (held out)", ylim=(-0.05, 1.05),
            title=f"{title}: what the residual at '=' holds")
     ax.legend()
@@ -249,6 +250,7 @@ def plot_inside(inside: dict, path: str | Path, title: str) -> None:
     for way, rows in inside["steering"]["sum"]["resid1"].items():
         if way in ("linear", "interchange"):
             ax.plot([int(d) for d in rows], [r["value"] for r in rows.values()], marker="o", label=way)
+            ax.set_xticks([int(d) for d in rows])
     ax.set(xlabel="δ added to the sum after block 1", ylabel="answers that become (s + δ) mod m",
            ylim=(-0.02, 1.02), title="moving the sum")
     ax.legend()

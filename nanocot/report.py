@@ -290,11 +290,12 @@ def _mean_rate(rates: dict) -> float:
 
 
 def _trace_consistency(metrics: dict, cot_name: str | None) -> dict:
-    """Per OOD split, how often the CoT model's answer is the value its own trace ends on (the monitor's
-    consistency): what reading the trace predicts about the answer."""
+    """Per split, what reading the CoT model's trace tells about its answer: how often the answer is the value
+    the trace ends on (the monitor's consistency), and how many wrong answers the monitor flags a step of."""
     if not cot_name or cot_name not in metrics.get("monitor", {}):
         return {}
-    return {split: m["consistency"] for split, m in metrics["monitor"][cot_name]["splits"].items()}
+    return {split: {"consistency": m["consistency"], "flagged": m["wrong_pinpointed"]}
+            for split, m in metrics["monitor"][cot_name]["splits"].items()}
 
 
 def _why_it_fails(ex: dict, red: dict, readers: dict) -> str:
@@ -331,7 +332,8 @@ def inside_verdict(inside: dict, trace: dict) -> str:
     moves = {way: _pct(_mean_rate(rates)) for way, rates in inside["steering"]["sum"]["resid1"].items()}
     splits = [s for s in ood if s not in ("layers", "test")]
     predicted = ", ".join(f"{s} {_pct(ood[s]['predicts_model']['value'])}" for s in splits)
-    by_trace = ", ".join(f"{s} {_pct(trace[s]['value'])}" for s in splits if s in trace)
+    by_trace = ", ".join(f"{s} {_pct(trace[s]['consistency']['value'])}" for s in splits if s in trace)
+    flagged = ", ".join(f"{s} {_pct(trace[s]['flagged']['value'])}" for s in splits if s in trace)
     opened = ex["kept"] >= 0.9 and min(ood[s]["predicts_model"]["value"] for s in splits) >= 0.8
     found = (f"the raw sum is linearly readable after layer {best['sum']} (R² {r2['sum']}) and the modulus "
              f"after layer {best['modulus']} (R² {r2['modulus']}); heads {readers['operands']} "
@@ -342,7 +344,8 @@ def inside_verdict(inside: dict, trace: dict) -> str:
               f"the accuracy (given the modulus alone: {_pct(ex['excluded']['value'])}).")
     outside = f"Out of distribution the mechanism read from inside predicts the model's answer on {predicted}"
     if by_trace:
-        outside += f"; a trace predicts its CoT model's answer on {by_trace}"
+        outside += (f"; a trace states its CoT model's answer on {by_trace}, and the monitor flags a step of "
+                    f"{flagged} of its wrong answers")
     outside += "."
     verdict = ("**Opened**: 'sum, then reduce' explains it and predicts it out of distribution." if opened
                else "**Partly opened**: the values are there and used, but the understood part neither "

@@ -154,10 +154,10 @@ def test_verdict_g_follows_the_numbers():
     narrow = {"own": 0.06, "own+modulus": 0.07, "own+sum": 0.3, "sum+modulus": 0.4}
     assert "cannot compute" in inside_verdict(_inside(0.06, narrow, 1.0, 0.0), {})
     full = {"own": 0.99, "own+modulus": 0.99, "own+sum": 0.99, "sum+modulus": 0.99}
-    trace = {"negative": _rate(0.98), "larger": _rate(0.97)}
+    trace = {s: {"consistency": _rate(0.98), "flagged": _rate(1.0)} for s in ("negative", "larger")}
     partly = inside_verdict(_inside(0.99, full, 0.75, 0.05), trace)
     assert "**Partly opened**" in partly
-    assert "a trace predicts its CoT model's answer on negative 98.0%" in partly
+    assert "a trace states its CoT model's answer on negative 98.0%" in partly
     assert "**Opened**" in inside_verdict(_inside(0.99, full, 0.95, 0.9), trace)
     section = "\n".join(_inside_section("large-direct", _inside(0.99, full, 0.75, 0.05)))
     assert "### Inside large-direct" in section and "| sum |" in section
