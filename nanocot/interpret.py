@@ -167,14 +167,16 @@ def probe_predict(w: torch.Tensor, x: torch.Tensor) -> np.ndarray:
     return (x @ w[:-1] + w[-1]).numpy()
 
 
-def r2_with_interval(pred: np.ndarray, y: np.ndarray, seed: int = 0, resamples: int = 1000) -> dict:
-    """R² = 1 - SSE/SST on held-out rows, with a percentile bootstrap 95% interval over those rows."""
-    def r2(p, t):
-        return 1 - ((p - t) ** 2).sum(-1) / np.maximum(((t - t.mean(-1, keepdims=True)) ** 2).sum(-1), 1e-12)
+def r_squared(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """1 - SSE/SST over the last axis (so a stack of resamples gives one R² each)."""
+    return 1 - ((pred - y) ** 2).sum(-1) / np.maximum(((y - y.mean(-1, keepdims=True)) ** 2).sum(-1), 1e-12)
 
+
+def r2_with_interval(pred: np.ndarray, y: np.ndarray, seed: int = 0, resamples: int = 1000) -> dict:
+    """R² on held-out rows, with a percentile bootstrap 95% interval over those rows."""
     rows = np.random.default_rng(seed).integers(0, len(y), (resamples, len(y)))
-    low, high = np.percentile(r2(pred[rows], y[rows]), [2.5, 97.5])
-    return {"value": float(r2(pred, y)), "lo": float(low), "hi": float(high), "n": len(y)}
+    low, high = np.percentile(r_squared(pred[rows], y[rows]), [2.5, 97.5])
+    return {"value": float(r_squared(pred, y)), "lo": float(low), "hi": float(high), "n": len(y)}
 
 
 def layer_probes(fit: dict[int, torch.Tensor], score: dict[int, torch.Tensor], fit_b: "Batch",
@@ -185,11 +187,10 @@ def layer_probes(fit: dict[int, torch.Tensor], score: dict[int, torch.Tensor], f
             for q in QUANTITIES}
 
 
-def residuals(model: GPT, b: Batch) -> dict[int, torch.Tensor]:
+def residuals(model: GPT, tok: Tokenizer, b: Batch) -> dict[int, torch.Tensor]:
     """The residual stream at "=" after the embedding (0) and after every block: {layer: (N, d)}."""
-    with torch.no_grad():
-        _, acts = model(_device_ids(model, b), record=True)
-    return {layer: r[:, -1].cpu().double() for layer, r in enumerate(acts["resid"])}
+    states = last_position_states(model, tok, [prompt(p, DIRECT) for p in b.problems])
+    return {layer: x.double() for layer, x in enumerate(states)}
 
 
 # -- 2. heads --------------------------------------------------------------------------------------
@@ -399,9 +400,8 @@ def _best_layer(fit: dict[int, torch.Tensor], y: np.ndarray) -> int:
     """The layer whose probe predicts y best on the last quarter of the fitting problems (never the scored
     ones)."""
     cut = 3 * len(y) // 4
-    return max(fit, key=lambda layer: r2_with_interval(
-        probe_predict(fit_probe(fit[layer][:cut], y[:cut]), fit[layer][cut:]), y[cut:].astype(float),
-        resamples=1)["value"])
+    return max(fit, key=lambda layer: r_squared(
+        probe_predict(fit_probe(fit[layer][:cut], y[:cut]), fit[layer][cut:]), y[cut:].astype(float)))
 
 
 def mechanism_predictions(model: GPT, tok: Tokenizer, fit_b: Batch, fit_res: dict,
@@ -435,7 +435,7 @@ def analyse(model: GPT, tok: Tokenizer, task: ModularAddition, test: list[Proble
     """Every measurement above for one direct model. Fitting uses `n_fit` training-split problems; scoring
     uses `test` (held out) and, for the mechanism's predictions, the OOD splits too."""
     fit_b, score_b = batch(tok, task.train_sample(n_fit)), batch(tok, test)
-    fit_res, score_res = residuals(model, fit_b), residuals(model, score_b)
+    fit_res, score_res = residuals(model, tok, fit_b), residuals(model, tok, score_b)
     fit_x = reducer_input(model, fit_b)
     return {
         "n_fit": len(fit_b.problems), "n_score": len(score_b.problems),

@@ -44,8 +44,8 @@ def one_modulus_problems(n: int, m: int = 13, seed: int = 0) -> list[Problem]:
 def test_probe_reads_the_planted_sum_and_only_after_the_block(tok):
     model = planted_model(tok)
     fit, score = (interpret.batch(tok, one_modulus_problems(n, seed=s)) for n, s in ((400, 0), (200, 1)))
-    probes = interpret.layer_probes(interpret.residuals(model, fit), interpret.residuals(model, score), fit,
-                                    score)
+    fit_res, score_res = interpret.residuals(model, tok, fit), interpret.residuals(model, tok, score)
+    probes = interpret.layer_probes(fit_res, score_res, fit, score)
     after = probes["sum"][1]
     assert after["value"] > 0.999 and after["lo"] <= after["value"] <= after["hi"] and after["n"] == 200
     assert abs(probes["sum"][0]["value"]) < 0.05  # the embedding of '=' is the same for every problem
