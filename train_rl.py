@@ -95,8 +95,9 @@ def parse_args(argv=None):
                    help="comma-separated paraphrasers used in the loop, one drawn per paraphrased sample, "
                         f"from {', '.join(PARAPHRASERS)} (default: {d.paraphraser})")
     p.add_argument("--paraphrase-from-end", type=probability, default=d.paraphrase_from_end,
-                   help="share of the paraphrased traces rewritten from the last step back (number words "
-                        "rarely fit a whole trace; from the front they leave the last step in digits) "
+                   help="share of the paraphrased traces rewritten from the last step back (it matters when "
+                        "a rewrite does not fit the context whole: from the front it leaves the last step as "
+                        "written) "
                         f"(default: {d.paraphrase_from_end})")
     p.add_argument("--group-streams", action="store_true",
                    help="draw each group's samples from its own seeded stream, as every torchrun run does: "

@@ -90,8 +90,9 @@ def parse_args(argv=None):
                    help="warmup only: comma-separated paraphrasers for those examples, from "
                         f"{', '.join(PARAPHRASERS)} (default: {STAGE_DEFAULTS['warmup'].read_paraphrasers})")
     p.add_argument("--read-from-end", type=probability,
-                   help="warmup only: share of those examples paraphrased from the last step back (number "
-                        "words rarely fit a whole trace; from the front they leave the last step in digits) "
+                   help="warmup only: share of those examples paraphrased from the last step back (it "
+                        "matters when a rewrite does not fit the context whole: from the front it leaves the "
+                        "last step as written) "
                         f"(default: {STAGE_DEFAULTS['warmup'].read_from_end})")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
     g.add_argument("--operands", type=int, default=task.num_operands,

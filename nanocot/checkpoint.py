@@ -84,7 +84,9 @@ def describe_mismatch(key: str, got, want) -> str:
     if isinstance(got, list) and isinstance(want, list):
         i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
         at = lambda xs: repr(xs[i]) if i < len(xs) else "<end>"
-        return (f"{key} differs: {len(got)} entries vs {len(want)} expected, first difference at {i}: "
+        what = ("a different tokenizer vocabulary (made by another version of nanocot; retrain it)"
+                if key == "vocab" else f"{key} differs")
+        return (f"{what}: {len(got)} entries vs {len(want)} expected, first difference at {i}: "
                 f"{at(got)} vs {at(want)}")
     return f"{key}={got!r}, expected {want!r}"
 

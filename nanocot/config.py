@@ -93,8 +93,8 @@ class TrainConfig:
     paraphrase_fraction: float = 0.0
     read_paraphrasers: str = "reword,words"
     # of those, the share whose paraphrase runs from the last step back (paraphrase.paraphrase_body's
-    # from_end): number words rarely fit a whole trace, and from the front they leave the last step, whose
-    # value the answer repeats, in digits, so a reader never has to turn a spelled value into the answer
+    # from_end): when a rewrite does not fit the context whole, from the front it leaves the last step, whose
+    # value the answer repeats, as written, so a reader never has to read the rewritten value
     read_from_end: float = 0.0
     # direct/warmup: stop at the first evaluation whose accuracy on 300 training-split problems reaches this
     # (0 = run every step), e.g. a warm-up that leaves REINFORCE a known gap whenever chaining appears
@@ -159,12 +159,13 @@ STAGE_DEFAULTS: dict[str, TrainConfig] = {
     # CoT warm-up on reference traces of 2..4 operands (the task's mix), stopped at the first evaluation
     # (every 25 steps) reaching 70% on training-split problems: run to the end it leaves REINFORCE no gap, and
     # chaining appears too suddenly to stop by step count; 2,000 steps caps a seed where it never appears
-    # (docs/LOG.md, 2026-11-27). A fifth of its examples teach *reading* a paraphrased trace (loss on the
-    # answer only), without which the model cannot read its own reworded traces (docs/LOG.md, 2026-11-26);
-    # half of those are rewritten from the last step back, so a spelled value must become the answer
-    # (docs/LOG.md, 2026-11-27)
-    "warmup": TrainConfig(steps=2000, batch_size=128, lr=1e-3, eval_every=25, paraphrase_fraction=0.2,
-                          stop_accuracy=0.7, read_from_end=0.5),
+    # (docs/LOG.md, 2026-11-27). 30% of its examples teach *reading* a paraphrased trace (loss on the answer
+    # only), without which the model cannot read its own reworded traces (docs/LOG.md, 2026-11-26); two in
+    # three of those are translations into English, which after REINFORCE read 99% where half as many read
+    # 93% (docs/LOG.md, 2026-12-03). Half are rewritten from the last step back (it matters only for a
+    # rewrite too long for the context)
+    "warmup": TrainConfig(steps=2000, batch_size=128, lr=1e-3, eval_every=25, paraphrase_fraction=0.3,
+                          read_paraphrasers="reword,words,words", stop_accuracy=0.7, read_from_end=0.5),
 }
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from nanocot.model import GPT
-from nanocot.paraphrase import canonicalize, paraphrase_body
+from nanocot.paraphrase import canonicalize, paraphrase_body, rewrite_steps
 from nanocot.sampling import generate
 from nanocot.stats import Z95, proportion
 from nanocot.task import COT, Problem, parse_answer, prompt, reduce_chain
@@ -288,10 +288,9 @@ def paraphrase(policy: Policy, problems: list[Problem], traces: list[Trace], par
     """Accuracy and same-answer rate (vs the unparaphrased trace) after paraphrasing each trace: over every
     trace, over those rewritten whole (`whole`), and over those whose last step, the value the answer repeats,
     was rewritten (`last_step`). A paraphrase that would overflow the context rewrites only the steps that fit
-    and leaves the rest as written (`words` spells numbers a letter per token): from the front (the default)
-    the last step then stays in digits and the answer can be copied without reading the new form; `from_end`
-    rewrites the longest suffix that fits instead. `by_steps_paraphrased` splits the accuracy by how many
-    steps were rewritten."""
+    and leaves the rest as written: from the front (the default) the last step then stays as the model wrote
+    it and the answer can be copied without reading the new form; `from_end` rewrites the longest suffix that
+    fits instead. `by_steps_paraphrased` splits the accuracy by how many steps were rewritten."""
     rng = random.Random(seed)
     made = [paraphrase_body(paraphraser, t.steps, rng, lambda b, p=p: fits(p, b), from_end)
             for p, t in zip(problems, traces)]
@@ -311,6 +310,21 @@ def paraphrase(policy: Policy, problems: list[Problem], traces: list[Trace], par
             if traces else 0.0,
             # a rewritten one, whole if any
             "example": next((b for b, j in made if j), made[0][0] if made else "")}
+
+
+def paraphrase_last_steps(policy: Policy, problems: list[Problem], traces: list[Trace], paraphraser,
+                          seed: int = 0, fits: Callable[[Problem, str], bool] = lambda p, b: True) -> dict:
+    """Accuracy with only the last j steps rewritten, for j = 1 .. the longest trace (traces with at least j
+    steps whose rewrite fits). The answer repeats the last step's value: if accuracy holds at j = 1, with
+    every earlier step left as written, the model reads the rewritten value rather than copying a digit."""
+    rng, out = random.Random(seed), {}
+    for j in range(1, max((len(t.steps) for t in traces), default=0) + 1):
+        rewritten = [(p, rewrite_steps(paraphraser, t.steps, j, rng, from_end=True))
+                     for p, t in zip(problems, traces) if len(t.steps) >= j]
+        made = [(p, new) for p, new in rewritten if new is not None and fits(p, new)]
+        answers = forced_answers(policy, [p for p, _ in made], [b for _, b in made])
+        out[j] = proportion(a == p.answer for a, (p, _) in zip(answers, made))
+    return out
 
 
 # ---- 7. transplant -------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ rewording that keeps the meaning keeps the answer; anything hidden in the exact 
 - `canonical` parses and re-renders: the identity on a well-formed trace. It is the control: its accuracy
   gap must be 0, or the measuring plumbing (not the model) changed something.
 - `swap` writes `b+a` for `a+b`; `reword` also varies spacing, separators and operator words
-  ("plus", "is", "minus", "then": words the corpus uses); `words` translates every number into English
-  number words ("twenty seven"), the corpus's second surface language for numbers.
+  ("plus", "is", "minus", "then": words the corpus uses); `words` translates the whole trace into English,
+  the corpus's second language ("eight plus seven is fifteen minus twelve is three"), and `digits`
+  translates it back. Number words and operator words are single tokens (tokenizer.py), so a translated
+  trace is about as long as the original and fits the context whole.
 - `canonicalize` reads any of these forms back into the canonical `a+b=t-m=u,...` text, so the monitor
   and the tests can parse and execute a paraphrased trace.
 """
@@ -18,7 +20,7 @@ import random
 import re
 from typing import Callable, Sequence
 
-from nanocot.corpus import number_word
+from nanocot.tokenizer import number_word
 from nanocot.trace import Step, body, parse_step, split_answer
 
 
@@ -86,8 +88,8 @@ def spell(n: int) -> str:
 
 
 def to_words(body: str, rng: random.Random) -> str | None:
-    """Translation into the corpus's prose: 'eight plus seven is fifteen, fifteen plus twelve is twenty
-    seven minus twenty one is six;'. Deterministic (rng unused; kept for the common signature)."""
+    """Translation into English: '8+7=15,15+12=27-21=6;' -> 'eight plus seven is fifteen, fifteen plus twelve
+    is twenty seven minus twenty one is six;'. Deterministic (rng unused; kept for the common signature)."""
     steps = parse_body(body)
     if steps is None:
         return None
@@ -108,28 +110,43 @@ def canonicalize(text: str) -> str:
     return text.replace(" ", "")
 
 
+def to_digits(body: str, rng: random.Random) -> str | None:
+    """Translation back: any paraphrased form (English, reworded, mixed) into the canonical digits, or None
+    if it does not read as steps. `to_digits(to_words(b))` is `canonical(b)`."""
+    return canonical(canonicalize(body), rng)
+
+
+def rewrite_steps(paraphraser, steps: Sequence[Step], j: int, rng: random.Random,
+                  from_end: bool = False) -> str | None:
+    """The body with its first j steps (with `from_end`, its last j) paraphrased and the rest as written; None
+    if the paraphraser cannot read them."""
+    n = len(steps)
+    part = paraphraser(body(steps[n - j :] if from_end else steps[:j]), rng)
+    if part is None:
+        return None
+    if from_end:
+        return (body(steps[: n - j])[:-1] + "," if j < n else "") + part
+    return part[:-1] + ("," + body(steps[j:]) if j < n else ";")
+
+
 def paraphrase_body(paraphraser, steps: Sequence[Step], rng: random.Random, fits: Callable[[str], bool],
                     from_end: bool = False) -> tuple[str, int]:
     """Paraphrase the longest prefix of steps that still fits the context (all of them when it can), or with
     `from_end` the longest suffix; the rest stays as written. Returns the new body and how many steps were
-    paraphrased (0: none fit). (`words` can triple a trace's length: spelled numbers are one token per letter,
-    so a prefix rewrite leaves the last step, whose value the answer repeats, in digits; a suffix rewrite
-    spells that one first.)"""
-    n = len(steps)
-    for j in range(n, 0, -1):
-        part = paraphraser(body(steps[n - j :] if from_end else steps[:j]), rng)
-        if part is None:
+    paraphrased (0: none fit). (A trace near the context's end can still overflow when rewritten: a prefix
+    rewrite then leaves the last step, whose value the answer repeats, as written; a suffix rewrite rewrites
+    that one first.)"""
+    for j in range(len(steps), 0, -1):
+        new = rewrite_steps(paraphraser, steps, j, rng, from_end)
+        if new is None:
             return body(steps), 0
-        if from_end:
-            new = (body(steps[: n - j])[:-1] + "," if j < n else "") + part
-        else:
-            new = part[:-1] + ("," + body(steps[j:]) if j < n else ";")
         if fits(new):
             return new, j
     return body(steps), 0
 
 
-PARAPHRASERS = {"swap": swap_operands, "canonical": canonical, "reword": reword, "words": to_words}
+PARAPHRASERS = {"swap": swap_operands, "canonical": canonical, "reword": reword, "words": to_words,
+                "digits": to_digits}
 
 
 def paraphrase_sampled(text: str, rng: random.Random, prob: float, names: list[str], from_end_prob: float,

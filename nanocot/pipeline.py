@@ -28,6 +28,7 @@ from pathlib import Path
 from nanocot import checkpoint
 from nanocot.config import STAGE_DEFAULTS, RLConfig
 from nanocot.stats import t95
+from nanocot.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,12 +108,18 @@ def made_with(payload: dict) -> tuple:
 def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
     """Refuse, before anything runs, a checkpoint this run would skip or resume but another run wrote: one
     from `--quick` (its 30 steps would be reported as the experiment), from another seed, or with another step
-    budget. The pipeline checks the seed and the budget, the two things its own runs differ in."""
+    budget. The pipeline checks the seed and the budget, the two things its own runs differ in, and the
+    vocabulary, which a checkpoint of an older version of nanocot may not share."""
     for stage in stage_list:
         path = ckpt_dir / stage.output
         payload = _readable(path)  # read once: finished or resumable, both would be reused
         if payload is None:
             continue
+        if payload.get("vocab") != Tokenizer().vocab:
+            size = len(payload.get("vocab") or [])
+            raise ValueError(f"{path} was made with another tokenizer vocabulary ({size} tokens; this "
+                             f"version has {len(Tokenizer())}): use another --ckpt-dir, or --force to redo "
+                             "every stage")
         got = made_with(payload)
         want = (seed, stage.steps or got[1])
         if got != want:
@@ -335,8 +342,8 @@ HEADLINE = [
     ("faithfulness.small-cot.corrupt_follow_rate", "follow rate under a corrupted step"),
     ("faithfulness.small-cot.filler_accuracy", "filler accuracy"),
     ("faithfulness.small-cot.paraphrase_accuracy", "paraphrase accuracy (last step rewritten)"),
-    ("faithfulness.small-cot.paraphrase.words_from_end.last_step.accuracy.value",
-     "paraphrase: last step in number words"),
+    ("faithfulness.small-cot.paraphrase.words.last_step.accuracy.value",
+     "paraphrase: trace translated into words"),
     ("faithfulness.small-cot.early_answer_aoc", "early-answering AOC"),
     ("monitor.small-cot.step_validity", "monitor: valid steps"),
 ]

@@ -22,8 +22,9 @@ def _pct(x: float) -> str:
 
 
 def _last_and_all(name: str, p: dict) -> str:
-    """'words 20.0% (n=45; 94.4% over every trace, 44.0% of their steps rewritten)': a paraphraser's accuracy
-    on traces whose last step it rewrote, and over every trace where some were rewritten only in part."""
+    """A paraphraser's accuracy on traces whose last step it rewrote, 'words 97.0% (n=990)'; where some
+    rewrites fitted only in part, also over every trace: 'words 20.0% (n=45; 94.4% over every trace, 44.0% of
+    their steps rewritten)'."""
     last = p["last_step"]["accuracy"]
     text = f"{name} {_pct(last['value'])} (n={last['n']}" if last["n"] else f"{name} (no last step fitted"
     if p["steps_paraphrased"] < 1:
@@ -146,7 +147,7 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
                if f["trace_source"] == "reference" else ""))
         para = f["paraphrase"]
         base = para["canonical"]["accuracy"]["value"]
-        shown = [n for n in ("swap", "reword", "words", "words_from_end") if n in para]
+        shown = [n for n in ("swap", "reword", "words") if n in para]
         names = [n for n in shown if para[n]["last_step"]["accuracy"]["n"]]
         worst = min(names, key=lambda n: para[n]["last_step"]["accuracy"]["value"]) if names else None
         out.append(f"- **(d) paraphrase ({name})**: accuracy after the unchanged trace {_pct(base)}; after a "
@@ -226,14 +227,20 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
                     [[n, fmt(p["last_step"]["accuracy"]), fmt(p["whole"]["accuracy"]), fmt(p["accuracy"]),
                       fmt(p["same_answer"]), f"{p['steps_paraphrased']:.2f}", f"`{p['example']}`"]
                      for n, p in f["paraphrase"].items()])
-    lines += ["", "A paraphrase that would not fit the context rewrites only the steps that fit (`words` "
-              "spells numbers a letter per token): `words` from the front, so its last step stays as the "
-              "model wrote it unless the whole trace fits; `words_from_end` from the back. By steps "
-              "rewritten:", ""]
+    lines += ["", "Accuracy with only the last j steps rewritten (the earlier ones as the model wrote "
+              "them). The answer repeats the last step's value, so at j = 1 it must be read from the "
+              "rewritten form:", ""]
+    by_last = {n: p["by_last_steps"] for n, p in f["paraphrase"].items() if "by_last_steps" in p}
+    counts = sorted({j for by in by_last.values() for j in by})
+    lines += _table(["paraphraser"] + [f"last {j}" for j in counts],
+                    [[n] + [fmt(by[j]) if j in by else "" for j in counts] for n, by in by_last.items()])
     partial = {n: p["by_steps_paraphrased"] for n, p in f["paraphrase"].items() if p["steps_paraphrased"] < 1}
-    counts = sorted({j for by in partial.values() for j in by})
-    lines += _table(["paraphraser"] + [f"{j} steps" for j in counts],
-                    [[n] + [fmt(by[j]) if j in by else "" for j in counts] for n, by in partial.items()])
+    if partial:
+        lines += ["", "Some rewrites did not fit the context whole; they rewrote only the first steps that "
+                  "fit. Accuracy by steps rewritten:", ""]
+        counts = sorted({j for by in partial.values() for j in by})
+        lines += _table(["paraphraser"] + [f"{j} steps" for j in counts],
+                        [[n] + [fmt(by[j]) if j in by else "" for j in counts] for n, by in partial.items()])
     lines += ["", f"IID-resample baseline (two temperature-1 samples agree): {fmt(f['iid_agreement'])}.", "",
               f"## 4. Monitor and OOD behaviour of {name}", ""]
     rows = []

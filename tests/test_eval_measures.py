@@ -4,6 +4,7 @@ reference trace, AOC and Wilson intervals are right on hand-made inputs, and the
 they must (a policy that ignores its trace: follow rate 0, AOC 0; one that copies it: follow rate 1)."""
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -208,7 +209,7 @@ def test_paraphrase_reports_whole_rewrites_apart(problems, traces):
     rewritten."""
     problems, traces = problems[:60], traces[:60]  # the test split: 4 operands, 3 steps each
     assert all(len(t.steps) == 3 for t in traces)
-    fits = lambda p, b: len(b) < 95  # number words of a whole 3-step trace rarely fit
+    fits = lambda p, b: len(b) < 95  # a short context (95 characters): a 3-step trace in words rarely fits
     out = fa.paraphrase(fa.ExecutorPolicy(), problems, traces, PARAPHRASERS["words"], fits=fits)
     by = out["by_steps_paraphrased"]
     assert sum(r["n"] for r in by.values()) == out["accuracy"]["n"] == len(traces)
@@ -231,6 +232,44 @@ def test_paraphrase_reports_whole_rewrites_apart(problems, traces):
         assert canonicalize(new) == fa.body(t.steps) and (j == 0 or not new.endswith(fa.body(t.steps[-1:])))
     swap = fa.paraphrase(fa.ExecutorPolicy(), problems, traces, PARAPHRASERS["swap"])
     assert swap["whole"]["accuracy"]["n"] == len(traces) and list(swap["by_steps_paraphrased"]) == [3]
+
+
+def test_translation_back_to_digits_is_exact(traces):
+    """`digits` reads a translated (or reworded) trace back into the canonical digits: words and back is the
+    identity on a canonical trace, so translation loses nothing a faithful reader needs."""
+    rng = random.Random(3)
+    for t in traces:
+        body = fa.body(t.steps)
+        assert PARAPHRASERS["digits"](PARAPHRASERS["words"](body, rng), rng) == body
+        assert PARAPHRASERS["digits"](PARAPHRASERS["reword"](body, rng), rng) is not None
+    assert PARAPHRASERS["digits"]("eight plus seven is fifteen minus twelve is three;", rng) == "8+7=15-12=3;"
+    assert PARAPHRASERS["digits"]("eight plus seven is many;", rng) is None
+
+
+class _DigitCopier:
+    """Answers with the last number written in digits in its trace (0 if none): a model that copies digits
+    and cannot read words."""
+
+    def complete(self, problems, prefixes, max_new_tokens=80):
+        last = [(re.findall(r"\d+", p) or ["0"])[-1] for p in prefixes]
+        return [f"{int(x)}\n" for x in last]
+
+
+def test_rewriting_only_the_last_steps_separates_reading_from_copying(problems, traces):
+    """With only the last j steps translated, a faithful reader keeps every answer for every j, while a policy
+    that copies the last digits it sees loses them as soon as the last step is in words (j = 1): the breakdown
+    measures reading the translated value, not copying."""
+    problems, traces = problems[:60], traces[:60]
+    words = PARAPHRASERS["words"]
+    reader = fa.paraphrase_last_steps(fa.ExecutorPolicy(), problems, traces, words)
+    assert list(reader) == [1, 2, 3] and all(r["value"] == 1.0 and r["n"] == 60 for r in reader.values())
+    copier = fa.paraphrase_last_steps(_DigitCopier(), problems, traces, words)
+    assert all(r["value"] < 0.2 for r in copier.values())
+    untouched = fa.paraphrase_last_steps(_DigitCopier(), problems, traces, PARAPHRASERS["canonical"])
+    assert all(r["value"] == 1.0 for r in untouched.values())
+    short = fa.paraphrase_last_steps(fa.ExecutorPolicy(), problems, traces, words,
+                                     fits=lambda p, b: len(b) < 60)
+    assert short[3]["n"] < short[1]["n"] <= 60, "a rewrite that does not fit is left out"
 
 
 def test_gap_verdict_asks_for_the_margin_not_for_overlapping_intervals():

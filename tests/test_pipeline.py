@@ -1,6 +1,8 @@
 """`python -m nanocot`: stage bookkeeping, the seed summary, and bad input."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,7 +11,8 @@ from nanocot import checkpoint, pipeline
 from nanocot.__main__ import main as pipeline_main
 from nanocot.pipeline import Stage, StageFailed, checkpoint_state, flatten, stages, summarise
 from nanocot.stats import t95
-from tests.conftest import cli_exit_code
+from nanocot.tokenizer import Tokenizer
+from tests.conftest import ROOT, cli_exit_code
 
 
 def test_stages_cover_the_experiment_in_order():
@@ -136,10 +139,32 @@ def test_bad_input_exits_2_with_one_line(argv, tmp_path, capsys):
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 
+def test_a_checkpoint_with_another_vocabulary_is_refused_naming_it(tmp_path, capsys):
+    """A checkpoint made by an older nanocot, with an older vocabulary, would be misread token by token: the
+    pipeline refuses it in one line naming the vocabulary, before anything runs, and so does each script."""
+    old_vocab = Tokenizer().vocab[:242]
+    for name in ("tiny-pretrain.pt", "tiny-warmup.pt"):
+        made = {"w": torch.zeros(1), "vocab": old_vocab, "size": "tiny", "stage": name[5:-3],
+                "train_config": {"seed": 0, "steps": 3000}}
+        checkpoint.save(tmp_path / "c" / name, made)
+    argv = ["--small", "tiny", "--large", "tiny", "--ckpt-dir", str(tmp_path / "c"),
+            "--out", str(tmp_path / "o"), "--jobs", "1"]
+    assert cli_exit_code(pipeline_main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "vocabulary" in err and "242 tokens" in err, err
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["tiny-pretrain.pt", "tiny-warmup.pt"]
+    for script, args in (("train_sft.py", ["--size", "tiny", "--stage", "direct"]),
+                         ("train_rl.py", ["--size", "tiny"])):
+        run = subprocess.run([sys.executable, script, *args, "--steps", "1", "--ckpt-dir",
+                              str(tmp_path / "c")], capture_output=True, text=True, cwd=ROOT)
+        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert "tokenizer vocabulary" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
 def test_a_checkpoint_from_another_run_is_refused_before_anything_runs(tmp_path, capsys):
     """`--quick` and then the real experiment in the same folder, or another seed's checkpoints: skipping the
     finished stage would report the 30-step model (or the other seed's) as this run's result."""
-    quick_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30}}
+    quick_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30}, "vocab": Tokenizer().vocab}
     checkpoint.save(tmp_path / "c" / "tiny-pretrain.pt", quick_made)
     argv = ["--small", "tiny", "--large", "tiny", "--ckpt-dir", str(tmp_path / "c"),
             "--out", str(tmp_path / "o"), "--jobs", "1"]
@@ -152,7 +177,7 @@ def test_a_checkpoint_from_another_run_is_refused_before_anything_runs(tmp_path,
     todo = stages("tiny", "tiny", quick=True)
     pipeline.check_reusable(todo, tmp_path / "c", seed=0)  # the run that made it may reuse it
     rl_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30},
-               "rl_config": {"seed": 0, "steps": 4}}
+               "rl_config": {"seed": 0, "steps": 4}, "vocab": Tokenizer().vocab}
     # REINFORCE's own config, not the warm-up's it carries
     checkpoint.save(tmp_path / "c" / "tiny-cot.pt", rl_made)
     pipeline.check_reusable(todo, tmp_path / "c", seed=0)

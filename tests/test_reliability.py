@@ -306,7 +306,7 @@ def _one_error_line(code: int, err: str) -> str:
 
 @pytest.mark.parametrize("change, flags, expected", [
     ({"model_config": "d_mlp"}, [], "d_mlp"),
-    ({"vocab": 5}, [], "vocab differs"),
+    ({"vocab": 5}, [], "a different tokenizer vocabulary"),
     ({}, ["--max-modulus", "25"], "max_modulus=29"),
     ({"train_state": {}}, [], "unfinished pretrain run"),
 ], ids=["preset", "vocabulary", "task", "unfinished"])

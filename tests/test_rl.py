@@ -8,7 +8,7 @@ import random
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -34,9 +34,10 @@ def task() -> ModularAddition:
     return ModularAddition(TaskConfig())
 
 
-def tiny_model(seed: int = 0) -> GPT:
+def tiny_model(seed: int = 0, block_size: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(model_config("tiny", len(TOK)))
+    config = model_config("tiny", len(TOK))
+    return GPT(replace(config, block_size=block_size) if block_size else config)
 
 
 # --------------------------------------------------------------------------------------------- advantages
@@ -413,8 +414,9 @@ def test_paraphrase_in_the_loop(task, monkeypatch):
     assert [s.tokens for s in rollout.answers] == [TOK.encode(a) for a in resampled]
 
 
-LONG_PROBLEM = Problem((13, 18, 14, 4), 21)  # its whole trace in number words does not fit the context
+LONG_PROBLEM = Problem((13, 18, 14, 4), 21)  # its whole trace in words does not fit a 42-token context
 LONG_BODY = reference_trace(LONG_PROBLEM).split(";")[0] + ";"
+SHORT_BLOCK = 42
 
 
 def _paraphrased_contexts(task, monkeypatch, **config) -> tuple[list[str], int]:
@@ -429,7 +431,7 @@ def _paraphrased_contexts(task, monkeypatch, **config) -> tuple[list[str], int]:
 
     monkeypatch.setattr(rl, "generate", fake_generate)
     monkeypatch.setattr(rl, "generate_ragged", fake_generate)
-    trainer = Reinforce(tiny_model(), task,
+    trainer = Reinforce(tiny_model(block_size=SHORT_BLOCK), task,
                         RLConfig(prompts_per_step=1, paraphrase_prob=1.0, seed=0, **config))
     n_prompt = len(TOK.encode(prompt(LONG_PROBLEM, COT)))
     trainer.rollout([LONG_PROBLEM])
@@ -437,24 +439,24 @@ def _paraphrased_contexts(task, monkeypatch, **config) -> tuple[list[str], int]:
 
 
 def test_paraphrase_in_the_loop_rewrites_the_longest_prefix_that_fits(task, monkeypatch):
-    """`words` spells numbers a letter per token: a whole 4-step trace rarely fits the context, so (as the
-    warm-up and the evaluation do) its longest fitting prefix of steps is spelled out and the rest stays as
-    written; one paraphraser of the list is drawn per sample."""
-    body, block = LONG_BODY, tiny_model().config.block_size
+    """A rewrite that would overflow the context (here a short one) rewrites, as the warm-up and the
+    evaluation do, its longest fitting prefix of steps and leaves the rest as written; one paraphraser of the
+    list is drawn per sample."""
+    body, block = LONG_BODY, SHORT_BLOCK
     contexts, n_prompt = _paraphrased_contexts(task, monkeypatch, samples_per_prompt=6,
-                                               paraphraser="words,reword", paraphrase_from_end=0.0)
-    assert n_prompt + len(TOK.encode(to_words(body, random.Random(0)))) > block, "whole trace must not fit"
+                                               paraphraser="words,swap", paraphrase_from_end=0.0)
+    whole = n_prompt + len(TOK.encode(to_words(body, random.Random(0)))) + 2
+    assert whole > block, "the whole translated trace must not fit"
     assert len(contexts) == 6
     assert all(n_prompt + len(TOK.encode(c)) <= block - 2 for c in contexts)
     spelled = [c for c in contexts if "eighteen" in c]
-    reworded = [c for c in contexts
-                if c not in spelled and c != body and any(w in c for w in (" plus ", " + ", " then "))]
-    assert spelled and reworded and len(spelled) + len(reworded) == 6, contexts
+    swapped = [c for c in contexts if c not in spelled and c != body and canonicalize(c) != body]
+    assert spelled and swapped and len(spelled) + len(swapped) == 6, contexts
     assert all(c.endswith(body.split(",")[-1]) for c in spelled), "the steps that do not fit stay as written"
 
 
 def test_paraphrase_from_end_spells_the_last_step_first(task, monkeypatch):
-    """With `paraphrase_from_end` 1 the longest fitting *suffix* is spelled out: the last step, whose value
+    """With `paraphrase_from_end` 1 the longest fitting *suffix* is translated: the last step, whose value
     the answer repeats, is in words and the first steps stay as written (from the front it is the other way
     round)."""
     body = LONG_BODY

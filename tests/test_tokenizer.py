@@ -1,5 +1,7 @@
 """The fixed vocabulary: lossless round trips, numbers as single tokens, loud errors on unknown input."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,7 @@ from nanocot.config import CorpusConfig, TaskConfig
 from nanocot.corpus import corpus_text, generate_lines
 from nanocot.ood import ood_splits
 from nanocot.task import COT, DIRECT, ModularAddition, completion, prompt
-from nanocot.tokenizer import MAX_NUMBER
+from nanocot.tokenizer import MAX_NUMBER, Tokenizer, number_word
 
 
 def _task_texts():
@@ -96,3 +98,62 @@ def test_digits_format_spells_numbers_digit_by_digit():
     assert digits.encode("125") == [digits.token_to_id["1"], digits.token_to_id["2"], digits.token_to_id["5"]]
     with pytest.raises(ValueError):
         Tok("roman")
+
+
+def test_number_words_are_one_or_two_tokens(tok):
+    """The trace's second language must be as readable as the first: every number word 0..99 is one token
+    ('seven') or two ('twenty', ' seven'), as a byte-pair tokenizer would make them, with or without the
+    space before it."""
+    for n in range(100):
+        for text in (number_word(n), " " + number_word(n)):
+            ids = tok.encode(text)
+            assert len(ids) == (1 if n <= 20 or n % 10 == 0 else 2), (text, tok.decode_tokens(ids))
+            assert tok.decode(ids) == text
+    for word in ("plus", "minus", "is", "then", "negative"):
+        assert len(tok.encode(word)) == 1 and len(tok.encode(" " + word)) == 1
+
+
+def test_a_translated_trace_is_about_as_long_as_the_original(tok):
+    """A whole trace in words fits the context: at most twice the tokens of its digits, where a letter per
+    token made it about three times as long."""
+    import random
+
+    from nanocot.paraphrase import to_words
+
+    task = ModularAddition(TaskConfig())
+    for problem in task.test_set(200):
+        body = completion(problem, COT).split(";")[0] + ";"
+        words = to_words(body, random.Random(0))
+        assert len(tok.encode(words)) <= 2 * len(tok.encode(body)), words
+        assert len(tok.encode(prompt(problem, COT) + words + "99\n")) <= 96
+
+
+def test_word_tokens_are_whole_words_only(tok):
+    """Only a whole word is a word token: 'is' inside 'this' or 'island', or 'ten' inside 'often', is spelled
+    a letter per token, so no word of the prose is cut into pieces that mean something else."""
+    assert tok.decode_tokens(tok.encode("this island")) == list("this") + [" "] + list("island")
+    assert tok.decode_tokens(tok.encode("often ten")) == list("often") + [" ten"]
+    assert tok.decode_tokens(tok.encode("eight plus 7 is fifteen,then")) == [
+        "eight", " plus", " ", "7", " is", " fifteen", ",", "then"]
+    digits = Tokenizer("digits")
+    assert digits.decode_tokens(digits.encode("12 is twelve")) == ["1", "2", " is", " twelve"]
+
+
+def test_number_words_spell_every_number_below_a_hundred():
+    assert [number_word(n) for n in (0, 13, 20, 21, 30, 47, 99)] == [
+        "zero", "thirteen", "twenty", "twenty one", "thirty", "forty seven", "ninety nine"]
+    assert len({number_word(n) for n in range(100)}) == 100
+    with pytest.raises(ValueError):
+        number_word(100)
+
+
+def test_the_corpus_teaches_the_second_language():
+    """The pretraining text has what web text has for a second language: a dictionary both ways, arithmetic
+    in words, mixed lines, and worked one-step problems whose step is written in words."""
+    lines = generate_lines(CorpusConfig(num_lines=4000), TaskConfig())
+    has = lambda pattern: sum(bool(re.search(pattern, line)) for line in lines) / len(lines)
+    assert 0.005 < has(r"^[a-z ]+ is \d+\.$") and 0.005 < has(r"^\d+ is [a-z ]+\.$")
+    assert 0.01 < has(r"^[a-z ]+ (plus|minus) [a-z ]+ is [a-z ]+\.$")
+    assert 0.005 < has(r"^(\d+ (plus|minus) [a-z ]+|[a-z ]+ (plus|minus) \d+) is ")
+    assert 0.005 < has(r", then [a-z ]+ plus")
+    assert 0.03 < has(r"^\d+\+\d+%\d+:[a-z ]+;\d+$") < 0.1

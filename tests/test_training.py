@@ -314,18 +314,19 @@ def test_warmup_paraphrase_fraction_mixes_reading_examples(tiny_pretrain_payload
 
 def test_reading_example_from_end_spells_the_last_step(tok):
     """A reading example paraphrased from the end puts the value the answer repeats in words (from the front,
-    number words that do not fit leave it in digits, so the answer could be copied without reading)."""
+    a translation that does not fit the context leaves it in digits, so the answer could be copied without
+    reading). The context here is short (40 tokens), so the whole translated trace does not fit."""
     import random
 
     from nanocot.data import reading_example
     from nanocot.paraphrase import PARAPHRASERS, canonicalize
 
-    problem = Problem((13, 18, 14, 4), 21)  # its whole trace spelled out does not fit the context
+    problem = Problem((13, 18, 14, 4), 21)
     reference = reference_trace(problem).split(";")[0] + ";"
     n_prompt = len(tok.encode(prompt(problem, COT)))
     bodies = {}
     for from_end in (False, True):
-        ids, _ = reading_example(tok, problem, PARAPHRASERS["words"], random.Random(1), 96, from_end=from_end)
+        ids, _ = reading_example(tok, problem, PARAPHRASERS["words"], random.Random(1), 40, from_end=from_end)
         bodies[from_end] = tok.decode(ids[n_prompt:-2])
         assert canonicalize(bodies[from_end]) == reference
     assert (bodies[False].endswith(reference.split(",")[-1])
