@@ -68,6 +68,9 @@ def parse_args(argv=None):
                    help="with --stop-accuracy: end at the evaluation before the first one reaching it when "
                         "that one was nearer the threshold (a warm-up can jump 25 points between two "
                         "evaluations)")
+    p.add_argument("--stop-bisect", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --stop-accuracy: once an evaluation reaches it, search the steps since the "
+                        "evaluation before for the first that does, and end there (default: on for warmup)")
     p.add_argument("--save-every", type=positive_int, default=250,
                    help="steps between resumable checkpoints, so a crash loses at most this many steps "
                         "(default: 250)")
@@ -132,6 +135,7 @@ def main(argv=None) -> None:
     for flag, given, where, why in (
             ("--stop-accuracy", args.stop_accuracy, ("direct", "warmup"), no_accuracy),
             ("--stop-nearest", args.stop_nearest, ("direct", "warmup"), no_accuracy),
+            ("--stop-bisect", args.stop_bisect is not None, ("direct", "warmup"), no_accuracy),
             ("--paraphrase-fraction", bool(args.paraphrase_fraction), ("warmup",), ""),
             ("--read-paraphrasers", args.read_paraphrasers is not None, ("warmup",), ""),
             ("--read-from-end", args.read_from_end is not None, ("warmup",), ""),
@@ -163,6 +167,7 @@ def main(argv=None) -> None:
                         stop_accuracy=defaults.stop_accuracy if args.stop_accuracy is None
                         else args.stop_accuracy,
                         stop_nearest=args.stop_nearest or defaults.stop_nearest,
+                        stop_bisect=defaults.stop_bisect if args.stop_bisect is None else args.stop_bisect,
                         paraphrase_fraction=defaults.paraphrase_fraction if args.paraphrase_fraction is None
                         else args.paraphrase_fraction,
                         read_from_end=defaults.read_from_end if args.read_from_end is None

@@ -103,6 +103,10 @@ class TrainConfig:
     # threshold (sft.AccuracyStop). Off by default: it keeps a warm-up from overshooting, but also moves other
     # seeds' starts lower, and on seed 0 REINFORCE then ran longer to a lower end (docs/LOG.md, 2026-11-27)
     stop_nearest: bool = False
+    # with stop_accuracy: search the steps since the evaluation before for the first whose weights reach the
+    # threshold (sft.AccuracyStop), so a warm-up whose chaining jumps past the threshold between two
+    # evaluations still stops near it (docs/LOG.md, 2026-12-03)
+    stop_bisect: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,15 +161,17 @@ STAGE_DEFAULTS: dict[str, TrainConfig] = {
     # 2026-11-26)
     "direct": TrainConfig(steps=10000, batch_size=128, lr=6e-3, min_lr_ratio=0.0, eval_every=500),
     # CoT warm-up on reference traces of 2..4 operands (the task's mix), stopped at the first evaluation
-    # (every 25 steps) reaching 70% on training-split problems: run to the end it leaves REINFORCE no gap, and
-    # chaining appears too suddenly to stop by step count; 2,000 steps caps a seed where it never appears
-    # (docs/LOG.md, 2026-11-27). 30% of its examples teach *reading* a paraphrased trace (loss on the answer
-    # only), without which the model cannot read its own reworded traces (docs/LOG.md, 2026-11-26); two in
-    # three of those are translations into English, which after REINFORCE read 99% where half as many read
-    # 93% (docs/LOG.md, 2026-12-03). Half are rewritten from the last step back (it matters only for a
-    # rewrite too long for the context)
+    # (every 25 steps) reaching 70% on training-split problems, then back to the first step that reached it
+    # (stop_bisect): run to the end it leaves REINFORCE no gap, and chaining appears too suddenly to stop by
+    # step count; 2,000 steps caps a seed where it never appears (docs/LOG.md, 2026-11-27 and 2026-12-03).
+    # 30% of its examples teach *reading* a paraphrased trace (loss on the answer only), without which the
+    # model cannot read its own reworded traces (docs/LOG.md, 2026-11-26); two in three of those are
+    # translations into English, which after REINFORCE read 99% where half as many read 93% (docs/LOG.md,
+    # 2026-12-03). Half are rewritten from the last step back (it matters only for a rewrite too long for the
+    # context)
     "warmup": TrainConfig(steps=2000, batch_size=128, lr=1e-3, eval_every=25, paraphrase_fraction=0.3,
-                          read_paraphrasers="reword,words,words", stop_accuracy=0.7, read_from_end=0.5),
+                          read_paraphrasers="reword,words,words", stop_accuracy=0.7, stop_bisect=True,
+                          read_from_end=0.5),
 }
 
 

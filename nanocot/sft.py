@@ -11,6 +11,7 @@
 import copy
 import random
 from dataclasses import replace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -61,32 +62,76 @@ def _saver(save, make_payload):
 
 class AccuracyStop:
     """The warm-up's stop: end at the first evaluation whose accuracy on training-split problems reaches
-    `threshold`, so REINFORCE starts from a known gap wherever chaining steps happens to appear. Chaining can
-    appear within 25 steps, so with `nearest` the run ends at the evaluation before instead when that one was
-    nearer the threshold (docs/LOG.md, 2026-11-27). The rolled-back steps leave the record's per-step logs and
-    their evaluation moves to record["overshot"]; their tokens, FLOPs and seconds stay counted (spent)."""
+    `threshold`, so REINFORCE starts from a known gap wherever chaining steps happens to appear.
 
-    def __init__(self, threshold: float, nearest: bool):
-        self.threshold, self.nearest = threshold, nearest
+    Chaining can appear within a few steps (10% to 85% between two evaluations 25 steps apart: docs/LOG.md,
+    2026-12-03), so an evaluation can land far past the threshold. With `bisect`, the stop keeps the weights
+    of every step since the last evaluation (taken as each step's batch is drawn, see `watching`) and, once
+    an evaluation reaches the threshold, searches those steps for the first one that does; the run ends
+    there. With `nearest` instead, it ends at the evaluation before when that one was nearer the threshold
+    (docs/LOG.md, 2026-11-27). Either way the rolled-back steps leave the record's per-step logs and the
+    evaluation that crossed moves to record["overshot"]; their tokens, FLOPs and seconds stay counted."""
+
+    def __init__(self, threshold: float, nearest: bool, bisect: bool = False,
+                 evaluate: Callable[[GPT], dict] | None = None):
+        if bisect and evaluate is None:
+            raise ValueError("a bisecting stop needs the evaluation to search with")
+        self.threshold, self.nearest, self.bisect, self.evaluate = threshold, nearest, bisect, evaluate
         self.below: dict | None = None  # the last evaluation under the threshold, with its weights
+        self.weights: dict[int, dict] = {}  # with bisect: step -> the weights before that step
+
+    def watching(self, model: GPT, next_batch: Callable):
+        """`next_batch` that also keeps the model's weights as each step begins (for `bisect`)."""
+        def batch(step: int):
+            self.weights[step] = _copy(model)
+            return next_batch(step)
+        return batch
 
     def __call__(self, model: GPT, record: dict) -> bool:
         step, accuracy = record["eval"][-1]["step"], record["eval"][-1].get("train_accuracy", 0.0)
         if accuracy < self.threshold:
-            if self.nearest:
-                weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                self.below = {"step": step, "accuracy": accuracy, "weights": weights}
+            weights = _copy(model) if self.nearest else None
+            self.below = {"step": step, "accuracy": accuracy, "weights": weights}
+            self.weights = {}
             return False
         record["stopped_at"] = step  # steps 0..step-1 are the run
-        if self.nearest and self.below is not None and \
+        if self.bisect and self.below is not None:
+            first = self._first_reaching(model, [s for s in sorted(self.weights) if s > self.below["step"]])
+            if first is not None:
+                self._end_at(first, model, record, {"step": first, **self.evaluate(model)})
+        elif self.nearest and self.below is not None and \
                 self.threshold - self.below["accuracy"] < accuracy - self.threshold:
             model.load_state_dict(self.below["weights"])
-            kept = sum(s < self.below["step"] for s in record["step"])
-            for key in ("step", "loss", "token_accuracy"):
-                del record[key][kept:]
-            record["stopped_at"] = self.below["step"]
-            record["overshot"] = record["eval"].pop()  # the evaluation that crossed the threshold
+            self._end_at(self.below["step"], model, record, None)
         return True
+
+    def _first_reaching(self, model: GPT, steps: list[int]) -> int | None:
+        """Binary search for the first of `steps` whose weights reach the threshold (the evaluation after them
+        did); those weights are left loaded. None (and the current weights kept) if none does."""
+        current, lo, hi = _copy(model), 0, len(steps)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            model.load_state_dict(self.weights[steps[mid]])
+            if self.evaluate(model).get("train_accuracy", 0.0) >= self.threshold:
+                hi = mid
+            else:
+                lo = mid + 1
+        model.load_state_dict(self.weights[steps[lo]] if lo < len(steps) else current)
+        return steps[lo] if lo < len(steps) else None
+
+    @staticmethod
+    def _end_at(step: int, model: GPT, record: dict, evaluation: dict | None) -> None:
+        kept = sum(s < step for s in record["step"])
+        for key in ("step", "loss", "token_accuracy"):
+            del record[key][kept:]
+        record["stopped_at"] = step
+        record["overshot"] = record["eval"].pop()  # the evaluation that crossed the threshold
+        if evaluation is not None:
+            record["eval"].append(evaluation)
+
+
+def _copy(model: GPT) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def pretrain(size: str, train_cfg: TrainConfig, task_cfg: TaskConfig, corpus_cfg: CorpusConfig, device,
@@ -126,8 +171,13 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
     size = pretrained["size"]
     make = lambda record: _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, history,
                                    num_examples)
-    stop = AccuracyStop(train_cfg.stop_accuracy, train_cfg.stop_nearest) if train_cfg.stop_accuracy else None
-    record = train(model, train_cfg, next_batch, _evaluator(task, tok, mode), stop, desc=f"{size} {stage}",
+    evaluate = _evaluator(task, tok, mode)
+    stop = None
+    if train_cfg.stop_accuracy:
+        stop = AccuracyStop(train_cfg.stop_accuracy, train_cfg.stop_nearest, train_cfg.stop_bisect, evaluate)
+        if train_cfg.stop_bisect:
+            next_batch = stop.watching(model, next_batch)
+    record = train(model, train_cfg, next_batch, evaluate, stop, desc=f"{size} {stage}",
                    rng=rng, resume=resume["train_state"] if resume else None, save=_saver(save, make),
                    save_every=save_every)
     record["num_examples"] = num_examples

@@ -385,3 +385,41 @@ def test_stop_nearest_returns_to_the_evaluation_before_when_it_was_nearer(last, 
     for k, v in model.state_dict().items():
         assert torch.equal(v, seen[stopped_at][k]), k
     assert record.get("overshot") == ({"step": 6, "train_accuracy": 0.95} if stopped_at == 3 else None)
+
+
+@pytest.mark.parametrize("jump_at, stopped_at", [(13, 13), (11, 11), (15, 15)])
+def test_stop_bisect_finds_the_first_step_that_reaches_the_threshold(jump_at, stopped_at):
+    """Chaining can jump past the threshold between two evaluations: with bisect the stop searches the steps
+    since the evaluation before (5 steps apart here) for the first whose weights reach it, and the stage ends
+    there with that step's weights, per-step logs and a fresh evaluation; the evaluation that crossed is kept
+    as "overshot". When the jump comes exactly at an evaluation, it ends there, as without bisect."""
+    from nanocot.tokenizer import Tokenizer
+    from nanocot.train import train
+
+    model = make_model(len(Tokenizer()), std=0.1)
+    batch = collate([task_example(Tokenizer(), PROBLEM, DIRECT)] * 2, 0, "cpu")
+    seen = {}  # step -> the weights as that step begins
+
+    def next_batch(step):
+        seen[step] = {k: v.clone() for k, v in model.state_dict().items()}
+        return batch
+
+    def step_of_weights(m) -> int:  # at an evaluation, the weights of the step about to begin
+        state = m.state_dict()
+        match = [s for s, w in seen.items() if all(torch.equal(w[k], state[k]) for k in w)]
+        return match[0] if match else len(seen)
+
+    def evaluate(m):
+        step = step_of_weights(m)
+        return {"test_accuracy": 0.5, "train_accuracy": 0.9 if step >= jump_at else 0.05}
+
+    config = TrainConfig(steps=40, batch_size=2, lr=1e-2, eval_every=5, warmup_steps=1, stop_accuracy=0.7,
+                         stop_bisect=True)
+    stop = AccuracyStop(0.7, nearest=False, bisect=True, evaluate=evaluate)
+    record = train(model, config, stop.watching(model, next_batch), evaluate=evaluate, stop=stop)
+    assert record["stopped_at"] == stopped_at and record["step"] == list(range(stopped_at))
+    assert record["eval"][-1] == {"step": stopped_at, "test_accuracy": 0.5, "train_accuracy": 0.9}
+    assert record.get("overshot", {}).get("step") == (15 if stopped_at < 15 else None)
+    assert step_of_weights(model) == stopped_at  # its weights (at 15: the evaluation's own)
+    with pytest.raises(ValueError, match="evaluation"):
+        AccuracyStop(0.7, nearest=False, bisect=True)
