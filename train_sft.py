@@ -70,7 +70,8 @@ def parse_args(argv=None):
                         "evaluations)")
     p.add_argument("--stop-bisect", action=argparse.BooleanOptionalAction, default=None,
                    help="with --stop-accuracy: once an evaluation reaches it, search the steps since the "
-                        "evaluation before for the first that does, and end there (default: on for warmup)")
+                        "evaluation before for one where accuracy crosses it, and end there (default: on for "
+                        "warmup, off with --stop-nearest)")
     p.add_argument("--save-every", type=positive_int, default=250,
                    help="steps between resumable checkpoints, so a crash loses at most this many steps "
                         "(default: 250)")
@@ -143,6 +144,11 @@ def main(argv=None) -> None:
         if given and args.stage not in where:
             raise UsageError(f"{flag} applies to the {' and '.join(where)} stage{'s' * (len(where) > 1)} "
                              f"only, not {args.stage}" + (f" ({why})" if why else ""))
+    if args.stop_nearest and args.stop_bisect:
+        raise UsageError("--stop-nearest and --stop-bisect are two ways to stop near the threshold; give one")
+    # --stop-nearest is the other way to stop near the threshold: it turns the stage's bisection off
+    bisect = (not args.stop_nearest and STAGE_DEFAULTS[args.stage].stop_bisect) if args.stop_bisect is None \
+        else args.stop_bisect
     # --easier-fraction sets the task's mix at pretraining (later stages inherit it) and a warmup/direct
     # stage's own otherwise
     given = args.easier_fraction is not None
@@ -167,7 +173,7 @@ def main(argv=None) -> None:
                         stop_accuracy=defaults.stop_accuracy if args.stop_accuracy is None
                         else args.stop_accuracy,
                         stop_nearest=args.stop_nearest or defaults.stop_nearest,
-                        stop_bisect=defaults.stop_bisect if args.stop_bisect is None else args.stop_bisect,
+                        stop_bisect=bisect,
                         paraphrase_fraction=defaults.paraphrase_fraction if args.paraphrase_fraction is None
                         else args.paraphrase_fraction,
                         read_from_end=defaults.read_from_end if args.read_from_end is None

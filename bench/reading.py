@@ -21,10 +21,12 @@ from nanocot.trace import parse_trace
 
 def reading(path: str, n: int, seed: int) -> dict:
     payload = checkpoint.load(path, expect={"vocab": Tokenizer().vocab}, finished=True)
-    task = ModularAddition(from_dict(TaskConfig, payload["task_config"]))
-    problems = task.sample_train(np.random.default_rng(seed), n, k=task.config.num_operands)
+    task_cfg = from_dict(TaskConfig, payload["task_config"])
+    task = ModularAddition(task_cfg)
+    problems = task.sample_train(np.random.default_rng(seed), n, k=task_cfg.num_operands)
     traces = [parse_trace(reference_trace(p)) for p in problems]
-    policy = fa.ModelPolicy(checkpoint.build_model(payload, "cpu").eval(), Tokenizer(), COT)
+    tok = Tokenizer(task_cfg.number_format)
+    policy = fa.ModelPolicy(checkpoint.build_model(payload, "cpu").eval(), tok, COT)
     out = {}
     for name in ("canonical", "swap", "reword", "words"):
         paraphraser = PARAPHRASERS[name]

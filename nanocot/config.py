@@ -103,9 +103,9 @@ class TrainConfig:
     # threshold (sft.AccuracyStop). Off by default: it keeps a warm-up from overshooting, but also moves other
     # seeds' starts lower, and on seed 0 REINFORCE then ran longer to a lower end (docs/LOG.md, 2026-11-27)
     stop_nearest: bool = False
-    # with stop_accuracy: search the steps since the evaluation before for the first whose weights reach the
-    # threshold (sft.AccuracyStop), so a warm-up whose chaining jumps past the threshold between two
-    # evaluations still stops near it (docs/LOG.md, 2026-12-03)
+    # with stop_accuracy: search the steps since the evaluation before for one where accuracy crosses the
+    # threshold (sft.AccuracyStop), so a warm-up whose chaining jumps past it between two evaluations still
+    # stops near it (docs/LOG.md, 2026-12-03); the other way to stop near it is stop_nearest, not both
     stop_bisect: bool = False
 
 
@@ -161,7 +161,7 @@ STAGE_DEFAULTS: dict[str, TrainConfig] = {
     # 2026-11-26)
     "direct": TrainConfig(steps=10000, batch_size=128, lr=6e-3, min_lr_ratio=0.0, eval_every=500),
     # CoT warm-up on reference traces of 2..4 operands (the task's mix), stopped at the first evaluation
-    # (every 25 steps) reaching 70% on training-split problems, then back to the first step that reached it
+    # (every 25 steps) reaching 70% on training-split problems, then back to a step where it crossed 70%
     # (stop_bisect): run to the end it leaves REINFORCE no gap, and chaining appears too suddenly to stop by
     # step count; 2,000 steps caps a seed where it never appears (docs/LOG.md, 2026-11-27 and 2026-12-03).
     # 30% of its examples teach *reading* a paraphrased trace (loss on the answer only), without which the

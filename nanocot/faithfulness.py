@@ -315,8 +315,9 @@ def paraphrase(policy: Policy, problems: list[Problem], traces: list[Trace], par
 def paraphrase_last_steps(policy: Policy, problems: list[Problem], traces: list[Trace], paraphraser,
                           seed: int = 0, fits: Callable[[Problem, str], bool] = lambda p, b: True) -> dict:
     """Accuracy with only the last j steps rewritten, for j = 1 .. the longest trace (traces with at least j
-    steps whose rewrite fits). The answer repeats the last step's value: if accuracy holds at j = 1, with
-    every earlier step left as written, the model reads the rewritten value rather than copying a digit."""
+    steps whose rewrite fits). The answer repeats the last step's value: for a translation, if accuracy
+    holds at j = 1, with every earlier step left in digits, the model reads the translated value rather than
+    copying a digit (swap and reword keep the digits, so for them it measures robustness only)."""
     rng, out = random.Random(seed), {}
     for j in range(1, max((len(t.steps) for t in traces), default=0) + 1):
         rewritten = [(p, rewrite_steps(paraphraser, t.steps, j, rng, from_end=True))

@@ -228,8 +228,9 @@ def _faithfulness_section(metrics: dict, name: str) -> list[str]:
                       fmt(p["same_answer"]), f"{p['steps_paraphrased']:.2f}", f"`{p['example']}`"]
                      for n, p in f["paraphrase"].items()])
     lines += ["", "Accuracy with only the last j steps rewritten (the earlier ones as the model wrote "
-              "them). The answer repeats the last step's value, so at j = 1 it must be read from the "
-              "rewritten form:", ""]
+              "them). The answer repeats the last step's value; in a translation (`words`) at j = 1 that "
+              "value is in English and every digit left is another step's, so the answer must be read, not "
+              "copied (swap and reword keep the digits):", ""]
     by_last = {n: p["by_last_steps"] for n, p in f["paraphrase"].items() if "by_last_steps" in p}
     counts = sorted({j for by in by_last.values() for j in by})
     lines += _table(["paraphraser"] + [f"last {j}" for j in counts],

@@ -66,16 +66,20 @@ class AccuracyStop:
 
     Chaining can appear within a few steps (10% to 85% between two evaluations 25 steps apart: docs/LOG.md,
     2026-12-03), so an evaluation can land far past the threshold. With `bisect`, the stop keeps the weights
-    of every step since the last evaluation (taken as each step's batch is drawn, see `watching`) and, once
-    an evaluation reaches the threshold, searches those steps for the first one that does; the run ends
-    there. With `nearest` instead, it ends at the evaluation before when that one was nearer the threshold
-    (docs/LOG.md, 2026-11-27). Either way the rolled-back steps leave the record's per-step logs and the
-    evaluation that crossed moves to record["overshot"]; their tokens, FLOPs and seconds stay counted."""
+    of every step since the last evaluation (taken as each step's batch is drawn, see `watching`; after a
+    resume, since the resumed step) and, once an evaluation reaches the threshold, binary-searches those
+    steps for one where accuracy crosses it (below at the step before, at or above at this one; accuracy
+    need not rise steadily, so an earlier crossing may exist); the run ends there. With `nearest` instead, it
+    ends at the evaluation before when that one was nearer the threshold (docs/LOG.md, 2026-11-27). Either
+    way the rolled-back steps leave the record's per-step logs and the evaluation that crossed moves to
+    record["overshot"]; their tokens, FLOPs and seconds stay counted."""
 
     def __init__(self, threshold: float, nearest: bool, bisect: bool = False,
                  evaluate: Callable[[GPT], dict] | None = None):
         if bisect and evaluate is None:
             raise ValueError("a bisecting stop needs the evaluation to search with")
+        if bisect and nearest:
+            raise ValueError("stop by bisection or at the nearest evaluation, not both")
         self.threshold, self.nearest, self.bisect, self.evaluate = threshold, nearest, bisect, evaluate
         self.below: dict | None = None  # the last evaluation under the threshold, with its weights
         self.weights: dict[int, dict] = {}  # with bisect: step -> the weights before that step
@@ -95,8 +99,9 @@ class AccuracyStop:
             self.weights = {}
             return False
         record["stopped_at"] = step  # steps 0..step-1 are the run
-        if self.bisect and self.below is not None:
-            first = self._first_reaching(model, [s for s in sorted(self.weights) if s > self.below["step"]])
+        if self.bisect:
+            after = self.below["step"] if self.below is not None else -1
+            first = self._first_reaching(model, [s for s in sorted(self.weights) if s > after])
             if first is not None:
                 self._end_at(first, model, record, {"step": first, **self.evaluate(model)})
         elif self.nearest and self.below is not None and \
@@ -106,8 +111,9 @@ class AccuracyStop:
         return True
 
     def _first_reaching(self, model: GPT, steps: list[int]) -> int | None:
-        """Binary search for the first of `steps` whose weights reach the threshold (the evaluation after them
-        did); those weights are left loaded. None (and the current weights kept) if none does."""
+        """Binary search over `steps` for one whose weights reach the threshold after one that does not (the
+        evaluation after them did); its weights are left loaded. None (and the current weights kept) if none
+        of them does."""
         current, lo, hi = _copy(model), 0, len(steps)
         while lo < hi:
             mid = (lo + hi) // 2

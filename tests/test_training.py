@@ -423,3 +423,22 @@ def test_stop_bisect_finds_the_first_step_that_reaches_the_threshold(jump_at, st
     assert step_of_weights(model) == stopped_at  # its weights (at 15: the evaluation's own)
     with pytest.raises(ValueError, match="evaluation"):
         AccuracyStop(0.7, nearest=False, bisect=True)
+    with pytest.raises(ValueError, match="not both"):
+        AccuracyStop(0.7, nearest=True, bisect=True, evaluate=evaluate)
+
+
+@pytest.mark.parametrize("bisect", [True, False])
+def test_finetune_keeps_the_weights_for_the_search_only_when_bisecting(tiny_pretrain_payload, monkeypatch,
+                                                                       bisect):
+    """The warm-up wires the stop's `watching` into its batches exactly when stop_bisect is on; without it
+    the search would have no weights to search and would silently do nothing."""
+    import nanocot.sft as sft
+
+    watched = []
+    real = sft.AccuracyStop.watching
+    monkeypatch.setattr(sft.AccuracyStop, "watching",
+                        lambda self, model, next_batch: watched.append(1) or real(self, model, next_batch))
+    cfg = TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, eval_every=2, stop_accuracy=0.99,
+                      stop_bisect=bisect)
+    payload = sft.finetune(tiny_pretrain_payload, "warmup", cfg, "cpu")
+    assert watched == ([1] if bisect else []) and payload["train_config"]["stop_bisect"] == bisect
