@@ -110,16 +110,17 @@ def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
     from `--quick` (its 30 steps would be reported as the experiment), from another seed, or with another step
     budget. The pipeline checks the seed and the budget, the two things its own runs differ in, and the
     vocabulary, which a checkpoint of an older version of nanocot may not share."""
+    vocab = Tokenizer().vocab
     for stage in stage_list:
         path = ckpt_dir / stage.output
         payload = _readable(path)  # read once: finished or resumable, both would be reused
         if payload is None:
             continue
-        if payload.get("vocab") != Tokenizer().vocab:
+        if payload.get("vocab") != vocab:
             size = len(payload.get("vocab") or [])
             raise ValueError(f"{path} was made with another tokenizer vocabulary ({size} tokens; this "
-                             f"version has {len(Tokenizer())}): use another --ckpt-dir, or --force to redo "
-                             "every stage")
+                             f"version has {len(vocab)}): use another --ckpt-dir, or --force to redo every "
+                             "stage")
         got = made_with(payload)
         want = (seed, stage.steps or got[1])
         if got != want:
