@@ -22,7 +22,7 @@ import numpy as np
 
 from nanocot.config import CorpusConfig, TaskConfig
 from nanocot.paraphrase import to_words
-from nanocot.task import COT, DIRECT, ModularAddition, completion, operand_bound, prompt
+from nanocot.task import COT, DIRECT, ModularAddition, completion, operand_bound, prompt, reference_trace
 from nanocot.tokenizer import number_word
 
 NAMES = ["ana", "bob", "eve", "kim", "lea", "max", "sam", "zoe"]
@@ -101,12 +101,10 @@ def _one_step_problem(rng: np.random.Generator, task: ModularAddition) -> str:
     languages ("8+7%12:eight plus seven is fifteen minus twelve is three;3")."""
     problem = task.sample_train(rng, 1, k=2)[0]
     mode = COT if rng.random() < 0.7 else DIRECT
-    line = (prompt(problem, mode) + completion(problem, mode))[1:-1]  # strip the surrounding newlines
     if mode == COT and rng.random() < 1 / 3:
-        head, rest = line.split(":", 1)
-        steps, answer = rest.split(";")
-        line = f"{head}:{to_words(steps + ';', None)}{answer}"
-    return line
+        body, answer = reference_trace(problem).split(";")
+        return prompt(problem, COT)[1:] + to_words(body + ";", None) + answer
+    return (prompt(problem, mode) + completion(problem, mode))[1:-1]  # strip the surrounding newlines
 
 
 def generate_lines(config: CorpusConfig, task_config: TaskConfig) -> list[str]:
