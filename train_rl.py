@@ -99,6 +99,11 @@ def parse_args(argv=None):
                         "a rewrite does not fit the context whole: from the front it leaves the last step as "
                         "written) "
                         f"(default: {d.paraphrase_from_end})")
+    p.add_argument("--replay", type=probability, default=d.replay_fraction,
+                   help="share of each step's problems drawn again from recent ones a group did not solve "
+                        f"every time; 0 = all fresh (default: {d.replay_fraction})")
+    p.add_argument("--replay-size", type=positive_int, default=d.replay_size,
+                   help=f"how many recent unsolved problems are kept for --replay (default: {d.replay_size})")
     p.add_argument("--group-streams", action="store_true",
                    help="draw each group's samples from its own seeded stream, as every torchrun run does: "
                         "a one-process run that a data-parallel run reproduces")
@@ -144,6 +149,7 @@ def main(argv=None) -> None:
                       grad_clip=args.grad_clip,
                       max_new_tokens=args.max_new_tokens, warmup_steps=args.warmup_steps,
                       paraphraser=args.paraphraser, paraphrase_from_end=args.paraphrase_from_end,
+                      replay_fraction=args.replay, replay_size=args.replay_size,
                       eval_problems=args.eval_problems,
                       pass_k=args.pass_k, pass_problems=args.pass_problems,
                       group_streams=args.group_streams or distributed.launched())

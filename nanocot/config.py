@@ -139,6 +139,11 @@ class RLConfig:
     paraphraser: str = "reword,words"  # comma-separated; one drawn per paraphrased sample
     # share of the paraphrased samples rewritten from the last step back (as the warm-up's read_from_end)
     paraphrase_from_end: float = 0.5
+    # share of each step's problems drawn again from the newest `replay_size` that a group did not solve
+    # every time (rl.Reinforce._draw_problems). Off: it did not lift the cells the small model gets wrong
+    # (docs/LOG.md, 2026-12-03, "ten runs")
+    replay_fraction: float = 0.0
+    replay_size: int = 256
     max_new_tokens: int = 80
     # each group of G samples from its own random stream, seeded by (seed, step, group): the same samples
     # however the groups are split over processes; always on under torchrun (rl_parallel.py)

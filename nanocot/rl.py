@@ -123,12 +123,14 @@ class Reinforce:
         self.py_rng = random.Random(config.seed)  # draws the paraphrases
         self.generator = torch.Generator(device=device).manual_seed(config.seed)  # draws the samples
         self.step_index = 0
+        self.replay: list[Problem] = []  # problems to draw again (_draw_problems)
 
     def step(self) -> dict:
         cfg, G = self.config, self.config.samples_per_prompt
         t0 = time.perf_counter()
-        problems = self.task.sample_train(self.rng, cfg.prompts_per_step, k=self._num_operands())
+        problems = self._draw_problems()
         rollout = self.rollout(problems)
+        self._remember_failures(problems, self._failed_groups(rollout))
         t1 = time.perf_counter()
         adv = advantages(rollout.rewards, cfg.baseline)  # (P, G)
         informative = (adv != 0).any(1)  # (P,): groups with any signal
@@ -153,7 +155,26 @@ class Reinforce:
         self.step_index += 1
         return {**stats, **logged, "loss": loss.item(), "skipped": 0.0, **times()}
 
+    def _draw_problems(self) -> list[Problem]:
+        """Fresh training problems, of which up to `replay_fraction` are instead the oldest ones a recent
+        group did not solve every time: a kind of step the policy gets wrong in one problem in a hundred
+        otherwise comes back too seldom for its few right samples to teach it."""
+        cfg = self.config
+        n_replay = min(len(self.replay), int(cfg.replay_fraction * cfg.prompts_per_step))
+        replayed, self.replay = self.replay[:n_replay], self.replay[n_replay:]
+        fresh = self.task.sample_train(self.rng, cfg.prompts_per_step - n_replay, k=self._num_operands())
+        return fresh + replayed
+
+    def _remember_failures(self, problems: list[Problem], failed: list[bool]) -> None:
+        """Queue the problems whose group had a wrong sample (newest last); keep the newest `replay_size`."""
+        if self.config.replay_fraction > 0:
+            unsolved = [p for p, f in zip(problems, failed) if f]
+            self.replay = (self.replay + unsolved)[-self.config.replay_size:]
+
     # one process; rl_parallel.DataParallelReinforce spreads a step's groups over torchrun's processes
+    def _failed_groups(self, rollout: Rollout) -> list[bool]:
+        return (rollout.rewards < 1).any(1).tolist()
+
     def _stats(self, rollout: Rollout, informative: torch.Tensor, learned: list[list[Segment]]) -> dict:
         return {"reward": rollout.rewards.mean().item(),
                 "informative_groups": informative.float().mean().item(),
@@ -287,7 +308,8 @@ class Reinforce:
         version, internal, gauss = self.py_rng.getstate()
         return {"optimizer": copy.deepcopy(self.optimizer.state_dict()), "step": self.step_index,
                 "numpy_rng": self.rng.bit_generator.state, "python_rng": list(internal),
-                "python_rng_pos": (version, gauss), "torch_generator": self.generator.get_state()}
+                "python_rng_pos": (version, gauss), "torch_generator": self.generator.get_state(),
+                "replay": [[list(p.operands), p.modulus] for p in self.replay]}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -296,6 +318,7 @@ class Reinforce:
         version, gauss = state["python_rng_pos"]
         self.py_rng.setstate((version, tuple(state["python_rng"]), gauss))
         self.generator.set_state(state["torch_generator"])
+        self.replay = [self.task.problem(ops, m) for ops, m in state.get("replay", [])]  # older saves: none
 
 
 def train_rl(model: GPT, task: ModularAddition, config: RLConfig, reference: GPT | None = None,

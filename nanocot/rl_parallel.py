@@ -42,6 +42,15 @@ class DataParallelReinforce(Reinforce):
                        [t for r in parts for t in r.texts], torch.cat([r.rewards for r in parts]),
                        [n for r in parts for n in r.lengths])
 
+    def _failed_groups(self, rollout: Rollout) -> list[bool]:
+        """Every group's flag, the same on every process (each knows only its own groups' rewards)."""
+        n = self.config.prompts_per_step
+        mine = distributed.shard(list(range(n)))
+        flags = [0.0] * n
+        for g, failed in zip(mine, super()._failed_groups(rollout)):
+            flags[g] = float(failed)
+        return [f > 0 for f in distributed.sum_over_ranks(flags)]
+
     def _stats(self, rollout: Rollout, informative: torch.Tensor, learned: list[list[Segment]]) -> dict:
         r, n, i, g, length, count, flops = distributed.sum_over_ranks(
             [rollout.rewards.sum().item(), rollout.rewards.numel(), informative.sum().item(),

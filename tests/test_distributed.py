@@ -65,7 +65,8 @@ def test_two_processes_train_the_one_process_run(pretrained):
 
 def test_two_process_reinforce_ends_on_the_one_process_weights(pretrained, tmp_path):
     """REINFORCE with the groups split over two processes (each group sampled from its own seeded stream)
-    ends on the weights of the one-process run with --group-streams, to float tolerance."""
+    ends on the weights of the one-process run with --group-streams, to float tolerance; with replay, every
+    process draws the same unsolved problems again."""
     warmup = _run(["train_sft.py", "--size", "tiny", "--stage", "warmup", "--steps", "300", "--batch-size",
                    "32", "--eval-every", "1000", "--lr", "3e-3", "--device", "cpu", "--threads", "1",
                    "--ckpt-dir", str(pretrained[1])])  # a 5% start, so that some groups have a signal
@@ -73,7 +74,7 @@ def test_two_process_reinforce_ends_on_the_one_process_weights(pretrained, tmp_p
     rl = ["train_rl.py", "--size", "tiny", "--steps", "6", "--prompts", "4", "--samples", "8",
           "--temperature", "1", "--max-new-tokens", "40", "--eval-every", "100", "--eval-problems", "8",
           "--pass-problems", "4", "--pass-k", "2", "--device", "cpu", "--threads", "1", "--warmup-steps", "0",
-          "--lr", "3e-3"]
+          "--lr", "3e-3", "--replay", "0.5"]  # the unsolved problems are known to every process
     weights = {}
     for nproc in (1, 2):
         folder = tmp_path / f"world{nproc}"  # both start from the same warm-up

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -305,6 +306,35 @@ def test_all_equal_rewards_skip_the_step(task):
     assert trainer.step_index == 3
 
 
+def test_replay_draws_the_unsolved_problems_again(task):
+    """With replay, a problem whose group had a wrong sample comes back in a later step's draw, oldest first,
+    in place of fresh ones; a solved one does not. Without it the draw is the fresh stream alone."""
+    groups = [[(RIGHT, 1.0), (WRONG, 0.0)], [(RIGHT, 1.0), (RIGHT, 1.0)], [(WRONG, 0.0), (WRONG, 0.0)],
+              [(RIGHT, 1.0), (RIGHT, 1.0)]]
+    drawn = {}
+    for fraction in (0.0, 0.5):
+        trainer = _trainer(tiny_model(), task, groups, replay_fraction=fraction, seed=3)
+        seen, fake = [], _fixed_sample(groups)
+        trainer.rollout = lambda problems, fake=fake, seen=seen: seen.append(problems) or fake(problems)
+        for _ in range(2):
+            trainer.step()
+        drawn[fraction] = seen
+    fresh = task.sample_train(np.random.default_rng(3), 8, k=task.config.num_operands)
+    assert drawn[0.0] == [fresh[:4], fresh[4:]]  # replay off: the draw is unchanged
+    first, second = drawn[0.5]
+    assert first == drawn[0.0][0]
+    assert second == fresh[4:6] + [first[0], first[2]]  # the two unsolved ones, in place of two fresh
+
+
+def test_replay_keeps_the_newest_unsolved_problems(task):
+    trainer = Reinforce(tiny_model(), task, RLConfig(prompts_per_step=4, replay_fraction=1.0, replay_size=3))
+    problems = [task.problem([i, 1, 2, 3], 10 + i) for i in range(5)]
+    trainer._remember_failures(problems[:2], [True, True])
+    trainer._remember_failures(problems[2:], [True, False, True])
+    assert trainer.replay == [problems[1], problems[2], problems[4]]
+    assert trainer._draw_problems()[1:] == [problems[1], problems[2], problems[4]] and trainer.replay == []
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
@@ -321,7 +351,8 @@ def test_state_dict_round_trip_continues_exactly(task, monkeypatch):
     # every sample "has" a parseable body, so paraphrase_prob=0.5 draws from the python stream each time
     monkeypatch.setattr(rl, "split_answer", lambda text: ("8+7=15,15+12=27-21=6;", text[-1:] + "\n"))
     cfg = RLConfig(prompts_per_step=2, samples_per_prompt=2, max_new_tokens=12, lr=1e-2, seed=5,
-                   paraphrase_prob=0.5, temperature=1.0, curriculum="mixed")  # varied samples: real updates
+                   paraphrase_prob=0.5, temperature=1.0, curriculum="mixed",  # varied samples: real updates
+                   replay_fraction=0.5)
     model_a = make_model(len(TOK), std=0.1).train()
     model_b = copy.deepcopy(model_a)
     a = Reinforce(model_a, task, cfg)
@@ -349,6 +380,7 @@ def test_state_dict_round_trip_continues_exactly(task, monkeypatch):
     assert sa["numpy_rng"] == sb["numpy_rng"]
     assert sa["python_rng"] == sb["python_rng"] and sa["python_rng_pos"] == sb["python_rng_pos"]
     assert torch.equal(sa["torch_generator"], sb["torch_generator"])
+    assert sa["replay"] == sb["replay"] and saved_state["replay"], "the replay queue must be saved"
 
 
 # ----------------------------------------------------------------------------------- paraphrase in the loop
