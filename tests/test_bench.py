@@ -52,3 +52,40 @@ def test_bench_usage_errors_are_one_line(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _bench().parse_args(flag)
     assert exit_info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _decisions():
+    spec = importlib.util.spec_from_file_location("bench_decisions", ROOT / "bench" / "decisions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("modulus, total", [(10, 10), (12, 11), (29, 28), (29, 40)])
+def test_decisions_probe_reads_the_last_steps_reduce_or_not(modulus, total):
+    """bench/decisions.py asks the model exactly at the decision: its context is the prompt and the reference
+    trace up to the last step's `=t`, and the reference then writes `-` iff t >= m. A stand-in model that
+    puts all its mass on `-` exactly there scores 1 on cells that reduce and 0 on cells that do not."""
+    import numpy as np
+    import torch
+
+    from nanocot.config import TaskConfig
+    from nanocot.task import COT, ModularAddition, prompt, reference_trace
+    from nanocot.tokenizer import Tokenizer
+
+    decisions, tok, task = _decisions(), Tokenizer(), ModularAddition(TaskConfig())
+    problems = decisions.problems_at(task, modulus, total, 5, np.random.default_rng(0))
+    assert all(p.modulus == modulus and decisions.last_step_total(p) == total for p in problems)
+    full = {prompt(p, COT) + reference_trace(p) for p in problems}
+
+    def oracle(ids):  # the reference's next character as a one-hot over the vocabulary
+        text = tok.decode(ids[0].tolist())
+        assert text.endswith(f"={total}") and any(f.startswith(text) for f in full), text
+        after = next(f for f in full if f.startswith(text))[len(text)]
+        logits = torch.full((1, len(ids[0]), len(tok)), -1e9)
+        logits[0, -1, tok.encode(after)[0]] = 0.0
+        return logits
+
+    assert decisions.reduce_probability(oracle, tok, problems) == float(total >= modulus)
+    with pytest.raises(decisions.UsageError):
+        decisions.parse_cells("10-10")
