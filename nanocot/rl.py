@@ -130,7 +130,8 @@ class Reinforce:
         t0 = time.perf_counter()
         problems = self._draw_problems()
         rollout = self.rollout(problems)
-        self._remember_failures(problems, self._failed_groups(rollout))
+        if cfg.replay_fraction > 0:  # under torchrun, learning the outcomes costs an all-reduce
+            self._remember_failures(problems, self._failed_groups(rollout))
         t1 = time.perf_counter()
         adv = advantages(rollout.rewards, cfg.baseline)  # (P, G)
         informative = (adv != 0).any(1)  # (P,): groups with any signal
@@ -167,9 +168,8 @@ class Reinforce:
 
     def _remember_failures(self, problems: list[Problem], failed: list[bool]) -> None:
         """Queue the problems whose group had a wrong sample (newest last); keep the newest `replay_size`."""
-        if self.config.replay_fraction > 0:
-            unsolved = [p for p, f in zip(problems, failed) if f]
-            self.replay = (self.replay + unsolved)[-self.config.replay_size:]
+        unsolved = [p for p, f in zip(problems, failed) if f]
+        self.replay = (self.replay + unsolved)[-self.config.replay_size:]
 
     # one process; rl_parallel.DataParallelReinforce spreads a step's groups over torchrun's processes
     def _failed_groups(self, rollout: Rollout) -> list[bool]:
