@@ -46,8 +46,9 @@ def reduce_probability(model: GPT, tok: Tokenizer, problems: list[Problem]) -> f
     minus, probs = tok.encode("-")[0], []
     for p in problems:
         ref = reference_trace(p)
-        last = ref.split(";")[0].split(",")[-1]  # "a+b=t" or "a+b=t-m=r"
-        cut = len(ref) - len(ref.split(",")[-1]) + len(last.split("-")[0])  # just after "=t"
+        last = parse_trace(ref).steps[-1]
+        decided = f"{last.left}+{last.right}={last.total}"  # the last step up to its decision
+        cut = ref.rindex(decided) + len(decided)
         logits = model(torch.tensor([tok.encode(prompt(p, COT) + ref[:cut])]))[0, -1]
         probs.append(logits.softmax(-1)[minus].item())
     return float(np.mean(probs))
