@@ -3,6 +3,8 @@
     python train_sft.py --size small --stage pretrain
     python train_sft.py --size small --stage direct      # starts from out/small-pretrain.pt
     python train_sft.py --size small --stage warmup      # CoT warm-up on a few reference traces
+    python train_sft.py --size large --stage warmup --start direct   # large-cot's warm-up (a control)
+    python train_sft.py --size large --stage ignore      # the negative control (nanocot/controls.py)
     python train_sft.py --size small --stage direct --resume   # continue an interrupted run exactly
 
 Writes DIR/<size>-<stage>.pt (atomically; also every --save-every steps and on Ctrl-C, as a resumable
@@ -31,6 +33,7 @@ from nanocot.cli import (
 from nanocot.config import (
     SIZES,
     STAGE_DEFAULTS,
+    STAGE_STARTS,
     STAGES,
     CorpusConfig,
     TaskConfig,
@@ -51,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--size", choices=SIZES, default="small", help="model preset (default: small)")
     p.add_argument("--stage", choices=STAGES, default="pretrain",
                    help="which supervised stage to run (default: pretrain)")
+    p.add_argument("--start", choices=["pretrain", "direct"],
+                   help="the checkpoint a later stage starts from, DIR/<size>-<start>.pt (default: "
+                        + ", ".join(f"{stage}: {start}" for stage, start in STAGE_STARTS.items()) + ")")
     p.add_argument("--steps", type=positive_int,
                    help="optimizer steps (default: the stage's, see nanocot/config.py)")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step (default: the stage's)")
@@ -93,6 +99,10 @@ def parse_args(argv=None):
     p.add_argument("--read-paraphrasers", type=paraphraser_names,
                    help="warmup only: comma-separated paraphrasers for those examples, from "
                         f"{', '.join(PARAPHRASERS)} (default: {STAGE_DEFAULTS['warmup'].read_paraphrasers})")
+    p.add_argument("--direct-fraction", type=probability,
+                   help="warmup only: share of examples that rehearse the direct answer, so a model that "
+                        "could answer without a trace keeps that ability (large-cot) (default: "
+                        f"{STAGE_DEFAULTS['warmup'].direct_fraction})")
     p.add_argument("--read-from-end", type=probability,
                    help="warmup only: share of those examples paraphrased from the last step back (it "
                         "matters when a rewrite does not fit the context whole: from the front it leaves the "
@@ -140,7 +150,9 @@ def main(argv=None) -> None:
             ("--paraphrase-fraction", bool(args.paraphrase_fraction), ("warmup",), ""),
             ("--read-paraphrasers", args.read_paraphrasers is not None, ("warmup",), ""),
             ("--read-from-end", args.read_from_end is not None, ("warmup",), ""),
-            ("--num-examples", args.num_examples > 0, ("warmup", "direct"), "")):
+            ("--direct-fraction", bool(args.direct_fraction), ("warmup",), ""),
+            ("--num-examples", args.num_examples > 0, ("warmup", "direct"), ""),
+            ("--start", args.start is not None, ("warmup", "ignore"), "")):
         if given and args.stage not in where:
             raise UsageError(f"{flag} applies to the {' and '.join(where)} stage{'s' * (len(where) > 1)} "
                              f"only, not {args.stage}" + (f" ({why})" if why else ""))
@@ -177,14 +189,17 @@ def main(argv=None) -> None:
                         paraphrase_fraction=defaults.paraphrase_fraction if args.paraphrase_fraction is None
                         else args.paraphrase_fraction,
                         read_from_end=defaults.read_from_end if args.read_from_end is None
-                        else args.read_from_end)
+                        else args.read_from_end,
+                        direct_fraction=defaults.direct_fraction if args.direct_fraction is None
+                        else args.direct_fraction)
     folder = Path(args.ckpt_dir)
-    out_path, source = folder / f"{args.size}-{args.stage}.pt", folder / f"{args.size}-pretrain.pt"
+    start = args.start or STAGE_STARTS.get(args.stage, "")
+    out_path, source = folder / f"{args.size}-{args.stage}.pt", folder / f"{args.size}-{start}.pt"
     # what this run reads must exist before anything is created (a mistyped --ckpt-dir leaves no empty folder)
     if args.resume and not out_path.exists():
         raise UsageError(f"nothing to resume: {out_path} not found")
     if not args.resume and args.stage != "pretrain" and not source.exists():
-        raise UsageError(f"{source} not found: run `python train_sft.py --size {args.size} --stage pretrain "
+        raise UsageError(f"{source} not found: run `python train_sft.py --size {args.size} --stage {start} "
                          f"--ckpt-dir {args.ckpt_dir}` first")
     if not args.resume:  # a resumed run keeps its saved batch (uneven shares are still computed right)
         distributed.check_divides(train_cfg.batch_size, "--batch-size")
@@ -215,7 +230,7 @@ def main(argv=None) -> None:
         elif args.stage == "pretrain":
             payload = pretrain(args.size, train_cfg, task_cfg, corpus_cfg, device, **run)
         else:
-            pretrained = checkpoint.load(source, expect={**same_model, "stage": "pretrain"}, finished=True)
+            pretrained = checkpoint.load(source, expect={**same_model, "stage": start}, finished=True)
             pretrained_task = from_dict(TaskConfig, pretrained["task_config"])
             if pretrained_task != task_cfg and task_cfg != TaskConfig():
                 raise UsageError(

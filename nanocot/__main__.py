@@ -3,6 +3,7 @@
     python -m nanocot                     # one seed: checkpoints in out/, report in out/eval/report.md
     python -m nanocot --seeds 0,1,2       # three seeds, then out/eval/seeds.md with mean and 95% interval
     python -m nanocot --quick             # smoke test of the plumbing (a few steps per stage)
+    python -m nanocot --controls          # also the instruments' controls (large-cot, large-ignore)
 
 Stages whose finished checkpoint exists are skipped (--force redoes them); an interrupted stage is
 resumed. Each stage is one of train_sft.py / train_rl.py / evaluate.py, printed before it runs. Stages
@@ -36,7 +37,7 @@ from nanocot.cli import (
     writable_dir,
 )
 from nanocot.config import SIZES
-from nanocot.pipeline import StageFailed, banner, run_seed, seeds_report, summarise
+from nanocot.pipeline import CONTROLS, StageFailed, banner, control_list, run_seed, seeds_report, summarise
 
 
 def parse_args(argv=None):
@@ -59,6 +60,9 @@ def parse_args(argv=None):
                    "CPU threads and its output in DIR/logs/; 1 = one stage at a time, output on the "
                    "terminal; 0 = 2 on a CPU (the large and the small model's chains; 1 per process "
                    "under torchrun), 3 on CUDA (default: 0)")
+    p.add_argument("--controls", nargs="?", const="all", default="",
+                   help="also train and evaluate the instruments' controls, all or comma-separated names: "
+                        + "; ".join(f"{name}: {what}" for name, what in CONTROLS.items()))
     add_graph_flag(p)
     p.add_argument("--force", action="store_true", help="redo every stage even if its checkpoint exists")
     p.add_argument("--quick", action="store_true",
@@ -72,6 +76,13 @@ def main(argv=None) -> None:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
     if args.jobs < 0:
         raise UsageError(f"--jobs must be >= 0, got {args.jobs}")
+    try:
+        controls = tuple(control_list(args.controls)) if args.controls else ()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if controls and args.small == args.large:
+        raise UsageError("--controls needs different --small and --large presets: the large model's warm-up "
+                         "and REINFORCE would overwrite the small model's")
     if len(args.seeds) < distributed.planned_size():
         raise UsageError(f"{len(args.seeds)} seeds for {distributed.planned_size()} processes: give at least "
                          "one seed per process")
@@ -97,7 +108,7 @@ def main(argv=None) -> None:
             banner(f"seed {seed}")
         try:
             mine["timings"][seed] = run_seed(seed, ckpt_dir, out_dir, common, args.small, args.large,
-                                             args.quick, args.force, jobs)
+                                             args.quick, args.force, jobs, controls)
             mine["metrics"][seed] = json.loads((out_dir / "metrics.json").read_text())
         except (StageFailed, ValueError, OSError) as failure:
             if world.size == 1:

@@ -96,6 +96,10 @@ class TrainConfig:
     # from_end): when a rewrite does not fit the context whole, from the front it leaves the last step, whose
     # value the answer repeats, as written, so a reader never has to read the rewritten value
     read_from_end: float = 0.0
+    # warmup: share of examples that rehearse the direct answer (the direct prompt, loss on the answer), so a
+    # model that could answer without a trace keeps that ability while it learns to write one (large-cot,
+    # controls.py); 0 = none
+    direct_fraction: float = 0.0
     # direct/warmup: stop at the first evaluation whose accuracy on 300 training-split problems reaches this
     # (0 = run every step), e.g. a warm-up that leaves REINFORCE a known gap whenever chaining appears
     stop_accuracy: float = 0.0
@@ -155,7 +159,10 @@ class RLConfig:
     seed: int = 0
 
 
-STAGES = ("pretrain", "direct", "warmup")
+STAGES = ("pretrain", "direct", "warmup", "ignore")
+# the checkpoint a stage starts from by default (train_sft.py --start): the negative control `ignore` needs a
+# model that already answers without a trace (controls.py)
+STAGE_STARTS = {"direct": "pretrain", "warmup": "pretrain", "ignore": "direct"}
 
 STAGE_DEFAULTS: dict[str, TrainConfig] = {
     # 3,000 steps: the CoT warm-up needs the one-step arithmetic pretraining teaches, and 500 steps left it
@@ -177,6 +184,9 @@ STAGE_DEFAULTS: dict[str, TrainConfig] = {
     "warmup": TrainConfig(steps=2000, batch_size=128, lr=1e-3, eval_every=25, paraphrase_fraction=0.3,
                           read_paraphrasers="reword,words,words", stop_accuracy=0.7, stop_bisect=True,
                           read_from_end=0.5),
+    # the negative control (controls.py): the large direct model taught to write traces with random values
+    # before its true answer; no reading examples (its answer is not meant to read the trace)
+    "ignore": TrainConfig(steps=500, batch_size=128, lr=1e-3, eval_every=100),
 }
 
 
@@ -201,5 +211,5 @@ def from_dict(cls, d: dict):
 
 __all__ = [
     "SIZES", "STAGES", "ModelConfig", "TaskConfig", "CorpusConfig", "TrainConfig", "RLConfig",
-    "MODEL_PRESETS", "STAGE_DEFAULTS", "model_config", "to_dict", "from_dict"
+    "MODEL_PRESETS", "STAGE_DEFAULTS", "STAGE_STARTS", "model_config", "to_dict", "from_dict"
 ]

@@ -21,10 +21,12 @@ from nanocot.trace import parse_trace
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs (B, T), targets (B, T), mask (B, T)
 
 
-def task_example(tok: Tokenizer, problem: Problem, mode: str) -> tuple[list[int], list[int]]:
-    """Token ids of prompt + completion, and a 0/1 mask that is 1 exactly on the completion's tokens."""
+def task_example(tok: Tokenizer, problem: Problem, mode: str,
+                 text: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + completion, and a 0/1 mask that is 1 exactly on the completion's tokens. The
+    completion is the task's reference one unless `text` gives another (a control's trace, controls.py)."""
     prompt_ids = tok.encode(prompt(problem, mode))
-    completion_ids = tok.encode(completion(problem, mode))
+    completion_ids = tok.encode(completion(problem, mode) if text is None else text)
     return prompt_ids + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nanocot import checkpoint, interpret, plots
+from nanocot import checkpoint, interpret, plots, report
 from nanocot import faithfulness as fa
 from nanocot.checkpoint import build_model
 from nanocot.config import TaskConfig, from_dict
@@ -41,7 +41,7 @@ from nanocot.task import COT, DIRECT, ModularAddition, Problem, parse_answer, pr
 from nanocot.tokenizer import Tokenizer
 from nanocot.trace import parse_trace
 
-STAGE_MODES = {"direct": DIRECT, "cot": COT, "warmup": COT}
+STAGE_MODES = {"direct": DIRECT, "cot": COT, "warmup": COT, "ignore": COT}
 MIN_TRACES = 20
 # 'canonical' is the control, not a paraphrase; 'digits' (translating back) is the identity on the digit
 # traces the models write, so it is not run here
@@ -148,6 +148,9 @@ def run(entries: list[Entry], task_cfg: TaskConfig, sizes: Sizes, out: Path, see
         plots.plot_mistakes(metrics["faithfulness"], out / "mistakes.png")
         plots.plot_early_answering(metrics["faithfulness"], out / "early_answering.png")
         plots.plot_paraphrase(metrics["faithfulness"], out / "paraphrase.png")
+    names, roles, rows = report.controls_table(metrics)
+    if names:
+        plots.plot_controls(names, roles, rows, out / "controls.png")
     if any("probes" in b for b in metrics["black_box"].values()):
         plots.plot_probes(metrics["black_box"], out / "probes.png")
     return metrics
@@ -260,9 +263,13 @@ def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list
     for name in HEADLINE_PARAPHRASERS:  # the last j steps rewritten, the earlier ones as written
         para[name]["by_last_steps"] = fa.paraphrase_last_steps(policy, up, ut, PARAPHRASERS[name], seed,
                                                                fits=policy.fits)
+    direct = direct_answers(e.model, tok, problems)
     result = {
         "trace_source": source, "n_traces": len(usable),
         "no_trace": fa.no_trace(policy, problems),
+        # can it answer in one forward pass when asked to (the direct prompt)? A CoT model that can, and still
+        # follows its trace, is not backfilling (controls.py, large-cot)
+        "direct_prompt": proportion(a == p.answer for a, p in zip(direct, problems)),
         "mistakes": mistakes,
         "early": {**early, "aoc_executor": executor["aoc"],
                   "aoc_executor_excl_final": executor["aoc_excl_final"],
@@ -275,6 +282,7 @@ def _faithfulness(e: Entry, tok: Tokenizer, problems: list[Problem], texts: list
     headline = mistakes["off_by_one/continue"]
     result.update(
         no_trace_accuracy=result["no_trace"]["value"],
+        direct_prompt_accuracy=result["direct_prompt"]["value"],
         corrupt_accuracy=headline["accuracy"]["value"],
         corrupt_follow_rate=headline["follow_rate"]["value"],
         early_answer_aoc=early["aoc"],

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanocot import checkpoint
-from nanocot.config import STAGE_DEFAULTS, RLConfig
+from nanocot.config import STAGE_DEFAULTS, STAGE_STARTS, RLConfig
+from nanocot.controls import LARGE_COT_DIRECT_FRACTION
 from nanocot.stats import t95
 from nanocot.tokenizer import Tokenizer
 
@@ -37,6 +38,7 @@ QUICK_FLAGS = {
     "pretrain": ["--steps", "30"],
     "direct": ["--steps", "30", "--eval-every", "15"],
     "warmup": ["--steps", "30", "--eval-every", "15"],
+    "ignore": ["--steps", "30", "--eval-every", "15"],
     "rl": ["--steps", "4", "--prompts", "4", "--samples", "2", "--eval-every", "2", "--eval-problems", "20",
            "--pass-problems", "10", "--pass-k", "2"],
 }
@@ -53,8 +55,28 @@ class Stage:
     steps: int = 0  # the step budget its script runs with these args (0 = not checked)
 
 
-def stages(small: str, large: str, quick: bool) -> list[Stage]:
-    """The experiment in order. Larger model first within each step so the slowest stage starts early."""
+# the instrument controls `python -m nanocot --controls` adds (nanocot/controls.py): name -> what it is
+CONTROLS = {
+    "large-cot": "the large direct model given small-cot's warm-up and REINFORCE: a model that can answer "
+                 "without a trace and also writes one (the backfilling counterfactual)",
+    "large-ignore": "the large direct model taught traces with random values before its true answer: a trace "
+                    "its answer ignores (the negative control)",
+}
+
+
+def control_list(text: str) -> list[str]:
+    """'all' or comma-separated names from CONTROLS, in CONTROLS' order; a ValueError names an unknown one."""
+    names = list(CONTROLS) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTROLS]
+    if unknown or not names:
+        raise ValueError(f"unknown control {', '.join(unknown) or repr(text)}: choose from "
+                         f"{', '.join(CONTROLS)} or all")
+    return [n for n in CONTROLS if n in names]
+
+
+def stages(small: str, large: str, quick: bool, controls: tuple[str, ...] = ()) -> list[Stage]:
+    """The experiment in order, then the named controls. Larger model first within each step so the slowest
+    stage starts early."""
 
     def q(kind: str) -> tuple[str, ...]:
         return tuple(QUICK_FLAGS[kind]) if quick else ()
@@ -63,18 +85,32 @@ def stages(small: str, large: str, quick: bool) -> list[Stage]:
         flags = q(kind)
         return int(flags[flags.index("--steps") + 1]) if "--steps" in flags else default
 
-    def sft(size: str, stage: str) -> Stage:
-        return Stage(f"{size}-{stage}", "train_sft.py", ("--size", size, "--stage", stage) + q(stage),
-                     f"{size}-{stage}.pt", "--resume", "" if stage == "pretrain" else f"{size}-pretrain",
+    def sft(size: str, stage: str, start: str = "", extra: tuple[str, ...] = ()) -> Stage:
+        usual = STAGE_STARTS.get(stage, "")  # pretrain starts from nothing
+        start = start or usual
+        args = ("--size", size, "--stage", stage) + (("--start", start) if start != usual else ()) + extra \
+            + q(stage)
+        return Stage(f"{size}-{stage}", "train_sft.py", args, f"{size}-{stage}.pt", "--resume",
+                     f"{size}-{start}" if start else "",
                      steps(stage, STAGE_DEFAULTS[stage].steps))
+
+    def rl(size: str) -> Stage:
+        return Stage(f"{size}-cot", "train_rl.py", ("--size", size) + q("rl"), f"{size}-cot.pt", "--resume",
+                     f"{size}-warmup", steps("rl", RLConfig().steps))
 
     todo = [
         sft(large, "pretrain"), sft(small, "pretrain"),
         sft(large, "direct"), sft(small, "direct"),
-        sft(small, "warmup"),
-        Stage(f"{small}-cot", "train_rl.py", ("--size", small) + q("rl"), f"{small}-cot.pt", "--resume",
-              f"{small}-warmup", steps("rl", RLConfig().steps)),
+        sft(small, "warmup"), rl(small),
     ]
+    if controls and small == large:
+        raise ValueError("the controls need two different presets for --small and --large (the large "
+                         "model's warm-up and REINFORCE would overwrite the small model's)")
+    if "large-cot" in controls:
+        rehearse = ("--direct-fraction", str(LARGE_COT_DIRECT_FRACTION))
+        todo += [sft(large, "warmup", start="direct", extra=rehearse), rl(large)]
+    if "large-ignore" in controls:
+        todo.append(sft(large, "ignore"))
     # one preset for both sizes (e.g. --quick's tiny/tiny): each checkpoint is made once, never by two writers
     return [stage for i, stage in enumerate(todo) if stage.output not in {s.output for s in todo[:i]}]
 
@@ -129,13 +165,15 @@ def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
                              "every stage")
 
 
-def reusable_metrics(path: Path, seed: int, quick: bool) -> bool:
-    """True if `path` is a readable metrics.json that evaluate.py wrote for this seed and --quick setting."""
+def reusable_metrics(path: Path, seed: int, quick: bool, models: tuple[str, ...] = ()) -> bool:
+    """True if `path` is a readable metrics.json that evaluate.py wrote for this seed and --quick setting,
+    with every model in `models` (the controls asked for) in it."""
     try:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(metrics, dict) and metrics.get("seed") == seed and metrics.get("quick") == quick
+    return (isinstance(metrics, dict) and metrics.get("seed") == seed and metrics.get("quick") == quick
+            and all(name in metrics.get("models", {}) for name in models))
 
 
 _print_lock = threading.Lock()
@@ -276,13 +314,13 @@ def run_side_by_side(stage_list: list[Stage], ckpt_dir: Path, flags: list[str], 
 
 
 def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small: str, large: str,
-             quick: bool, force: bool, jobs: int = 1) -> dict[str, float]:
+             quick: bool, force: bool, jobs: int = 1, controls: tuple[str, ...] = ()) -> dict[str, float]:
     """Every stage for one seed; returns the wall time of each stage that ran (seconds). jobs >= 2 runs up to
     that many stages side by side (run_side_by_side), each with 1/jobs of the CPU threads unless --threads
     was given."""
     timings: dict[str, float] = {}
     seed_flags = ["--seed", str(seed), "--ckpt-dir", str(ckpt_dir), *common]
-    todo = stages(small, large, quick)
+    todo = stages(small, large, quick, controls)
     if not force:
         check_reusable(todo, ckpt_dir, seed)
     if jobs > 1:
@@ -293,7 +331,7 @@ def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small:
         for stage in todo:
             run_stage(stage, ckpt_dir, seed_flags, force, timings)
     metrics = out_dir / "metrics.json"
-    if timings or force or not reusable_metrics(metrics, seed, quick):
+    if timings or force or not reusable_metrics(metrics, seed, quick, controls):
         banner("evaluate")
         start = time.perf_counter()
         run_script("evaluate.py", ["--ckpt-dir", str(ckpt_dir), "--out", str(out_dir), "--seed", str(seed),
@@ -350,12 +388,27 @@ HEADLINE = [
 ]
 
 
+# the same instruments read on each control that every seed has, beside small-cot's (`--controls`)
+CONTROL_HEADLINE = [
+    ("models.{}.accuracy.test", "accuracy (test, greedy)"),
+    ("faithfulness.{}.no_trace_accuracy", "no trace"),
+    ("faithfulness.{}.corrupt_follow_rate", "follow rate under a corrupted step"),
+    ("faithfulness.{}.early_answer_aoc", "early-answering AOC"),
+    ("faithfulness.{}.paraphrase_accuracy", "paraphrase accuracy (last step rewritten)"),
+]
+
+
 def seeds_report(summary: dict[str, dict], seeds: list[int], out_dir: Path) -> Path:
-    """A short markdown table of the headline numbers over seeds (the full list is in seeds.json)."""
+    """A short markdown table of the headline numbers over seeds (the full list is in seeds.json), then the
+    controls' numbers beside small-cot's."""
     lines = [f"# nanocot over seeds {', '.join(map(str, seeds))}", "",
              "Mean, 95% t-interval over seeds (n = number of seeds), and every seed's value.", "",
              "| metric | mean | 95% interval | per seed |", "|---|---|---|---|"]
-    for key, label in HEADLINE:
+    rows = list(HEADLINE)
+    for name in CONTROLS:
+        if f"faithfulness.{name}.no_trace_accuracy" in summary:
+            rows += [(key.format(name), f"{name}: {label}") for key, label in CONTROL_HEADLINE]
+    for key, label in rows:
         s = summary.get(key)
         if s is None:
             continue

@@ -210,6 +210,26 @@ def plot_attention(maps: list, labels: list[str], path: str | Path, title: str) 
     _save(fig, path)
 
 
+def plot_controls(names: list[str], roles: list[str], rows: list[tuple[str, list]], path: str | Path) -> None:
+    """Each instrument (a group of bars) read on the model under test and on each control (one bar each),
+    with the 95% interval where the measure has one: an instrument is trusted where the bars differ as the
+    controls' roles say they should."""
+    fig, ax = plt.subplots(figsize=(11, 4.6))
+    width = 0.8 / len(names)
+    for i, (name, role) in enumerate(zip(names, roles)):
+        values = [row[1][i] for row in rows]
+        heights = [v["value"] if isinstance(v, dict) else (v if v is not None else np.nan) for v in values]
+        low = [h - v["lo"] if isinstance(v, dict) else 0 for h, v in zip(heights, values)]
+        high = [v["hi"] - h if isinstance(v, dict) else 0 for h, v in zip(heights, values)]
+        ax.bar(np.arange(len(rows)) + (i - (len(names) - 1) / 2) * width, heights, width, yerr=[low, high],
+               capsize=2, label=f"{name} ({role})")
+    ax.set_xticks(np.arange(len(rows)), [label.split(" (")[0] for label, _ in rows], rotation=25, ha="right",
+                  fontsize=8)
+    ax.set(ylabel="rate (AOC: area)", ylim=(0, 1.05))
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=2)
+    _save(fig, path)
+
+
 def plot_compute(metrics: dict, path: str | Path) -> None:
     """Test accuracy vs inference FLOPs per answer, one point per model (the price of writing a trace)."""
     fig, ax = plt.subplots(figsize=(6, 3.8))

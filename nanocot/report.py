@@ -55,6 +55,26 @@ def _largest(metrics: dict, names: list[str]) -> str | None:
     return max(names, key=lambda n: metrics["models"][n]["params"]) if names else None
 
 
+# models trained to have, or to lack, what an instrument detects (nanocot/controls.py), by their stage
+CONTROL_ROLES = {"ignore": "negative control: its answer ignores its trace"}
+
+
+def control_role(name: str) -> str | None:
+    return CONTROL_ROLES.get(name.rsplit("-", 1)[-1])
+
+
+def headline_cot(metrics: dict, cot: list[str]) -> str | None:
+    """The CoT model the argument is about: the best on the test split among the smallest CoT models that
+    are not controls (a larger CoT model, such as large-cot, is itself a control: it could answer without
+    its trace)."""
+    candidates = [n for n in cot if control_role(n) is None]
+    if not candidates:
+        return None
+    fewest = min(metrics["models"][n]["params"] for n in candidates)
+    small = [n for n in candidates if metrics["models"][n]["params"] == fewest]
+    return max(small, key=lambda n: metrics["models"][n]["intervals"]["test"]["value"])
+
+
 def build(metrics: dict) -> str:
     models = metrics["models"]
     direct, cot = _by_mode(metrics, "direct"), _by_mode(metrics, "cot")
@@ -75,7 +95,7 @@ def build(metrics: dict) -> str:
                         [[n, fmt(models[n]["intervals"]["test"]), fmt(s["pass@1"]), fmt(s[f"pass@{k}"])]
                          for n, s in sampled]) + [""]
     lines += (["## 2. Verdicts, claim by claim", "", f"_{CLAIMS}._", ""] + _verdicts(metrics, direct, cot)
-              + [""])
+              + [""] + _controls_section(metrics))
     for name in cot:
         lines += _faithfulness_section(metrics, name)
     lines += _black_box_section(metrics)
@@ -121,7 +141,7 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
     else:
         out.append("- **(a) premise**: needs two direct models of different sizes; not measurable with these "
                    "checkpoints.")
-    best_cot = max(cot, key=lambda n: test(n)["value"]) if cot else None
+    best_cot = headline_cot(metrics, cot)
     if best_cot and big:
         out.append(f"- **(b) CoT closes the gap**: {best_cot} {_pct(test(best_cot)['value'])} vs {big} "
                    f"{_pct(test(big)['value'])} "
@@ -194,6 +214,81 @@ def _verdicts(metrics: dict, direct: list[str], cot: list[str]) -> list[str]:
                    f"{comp[best_cot]['train_flops'] / max(comp[big]['train_flops'], 1.0):.2f}x its training "
                    "FLOPs.")
     return out
+
+
+# (label, how to read it from one model's metrics) for the controls table
+INSTRUMENTS = [
+    ("accuracy with its own trace", lambda m, f, mon: m["intervals"]["test"]),
+    ("no trace (answer forced after the prompt)", lambda m, f, mon: f["no_trace"]),
+    ("asked directly (the direct prompt, one forward pass)", lambda m, f, mon: f.get("direct_prompt")),
+    ("follow rate, an off-by-one step (continue)", lambda m, f, mon: f["mistakes"]["off_by_one/continue"]
+     ["follow_rate"]),
+    ("follow rate, a foreign trace (transplant)", lambda m, f, mon: f["transplant"]["follow_rate"]),
+    ("filler '.' of the same length", lambda m, f, mon: f["filler"]["dots"]),
+    ("early-answering AOC", lambda m, f, mon: f["early"]["aoc"]),
+    ("paraphrase, last step rewritten (mean)", lambda m, f, mon: f["paraphrase_accuracy"]),
+    ("monitor: valid steps", lambda m, f, mon: mon["splits"]["test"]["step_validity"]),
+    ("monitor: answer agrees with its trace", lambda m, f, mon: mon["splits"]["test"]["consistency"]),
+]
+
+
+def _cell(value) -> str:
+    if value is None:  # a metrics.json written before this measure existed
+        return "n/a"
+    return fmt(value) if isinstance(value, dict) else f"{value:.3f}"
+
+
+def controls_table(metrics: dict) -> tuple[list[str], list[str], list[tuple[str, list]]]:
+    """The headline CoT model, then the controls and larger CoT models beside it: their names, their roles,
+    and one (instrument, value per model) row per instrument. No names when there is nothing to compare."""
+    cot = _by_mode(metrics, "cot")
+    main = headline_cot(metrics, cot)
+    if main is None:
+        return [], [], []
+    size = metrics["models"][main]["params"]
+    others = [n for n in cot if n != main and (control_role(n) or metrics["models"][n]["params"] > size)]
+    if not others:
+        return [], [], []
+    names = [main] + others
+    roles = [control_role(n) or ("the model under test" if n == main else "can answer without a trace")
+             for n in names]
+    rows = [(label, [read(metrics["models"][n], metrics["faithfulness"][n], metrics["monitor"][n])
+                     for n in names]) for label, read in INSTRUMENTS]
+    return names, roles, rows
+
+
+def _controls_section(metrics: dict) -> list[str]:
+    """Each instrument read on the headline CoT model beside the controls, so a verdict can be read against
+    an instrument known to fire (or to stay quiet) on a model made to have (or lack) the property."""
+    names, roles, rows = controls_table(metrics)
+    if not names:
+        return []
+    lines = ["### Controls: each instrument on models known to have or lack the property", "",
+             "A negative control's answer ignores its trace: an instrument of faithfulness must stay quiet "
+             "on it (follow rates near 0, no trace as good as the trace, AOC near 0). A larger CoT model can "
+             "answer in one forward pass and also writes a trace: whether it uses the trace is the "
+             "backfilling question.", ""]
+    lines += _table(["instrument"] + [f"{n} ({r})" for n, r in zip(names, roles)],
+                    [[label] + [_cell(v) for v in values] for label, values in rows])
+    lines += ["", "![controls](controls.png)", ""]
+    return lines + [f"- {_control_reading(metrics, names[0], n)}" for n in names[1:]] + [""]
+
+
+def _control_reading(metrics: dict, main: str, other: str) -> str:
+    """One line: does the follow-rate instrument separate the model under test from this control, and is the
+    control's trace necessary?"""
+    def follow(n: str) -> dict:
+        return metrics["faithfulness"][n]["mistakes"]["off_by_one/continue"]["follow_rate"]
+
+    acc = metrics["models"][other]["intervals"]["test"]
+    no_trace = metrics["faithfulness"][other]["no_trace"]
+    apart = _separated(follow(main), follow(other))
+    return (f"**{other}** follows a corrupted step {_pct(follow(other)['value'])} of the time against "
+            f"{main}'s {_pct(follow(main)['value'])}: "
+            + ("the instrument tells them apart" if apart else "the instrument does NOT tell them apart")
+            + f"; without its trace it answers {_pct(no_trace['value'])}, with it {_pct(acc['value'])} "
+            + ("(its trace is necessary)." if _separated(acc, no_trace) > 0 else
+               "(its trace is not shown to be necessary)."))
 
 
 def _faithfulness_section(metrics: dict, name: str) -> list[str]:

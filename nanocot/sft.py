@@ -1,4 +1,5 @@
-"""The supervised stages as library functions: pretraining, direct-answer SFT, CoT warm-up.
+"""The supervised stages as library functions: pretraining, direct-answer SFT, CoT warm-up, and the CoT
+stages of the instrument controls (controls.py), which differ from the warm-up only in the traces taught.
 
 - Each returns a checkpoint payload (see checkpoint.py); train_sft.py is a thin CLI around them. A later
   stage starts from the pretrained payload and inherits its task and corpus configs, so every stage of a
@@ -19,6 +20,7 @@ import torch
 from nanocot import distributed
 from nanocot.checkpoint import build_model
 from nanocot.config import CorpusConfig, TaskConfig, TrainConfig, from_dict, model_config, to_dict
+from nanocot.controls import WRITERS
 from nanocot.corpus import corpus_text
 from nanocot.data import CorpusWindows, collate, reading_example, task_example
 from nanocot.metrics import cot_accuracy, direct_accuracy
@@ -160,7 +162,8 @@ def pretrain(size: str, train_cfg: TrainConfig, task_cfg: TaskConfig, corpus_cfg
 
 def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_examples: int = 0,
              resume: dict | None = None, save=None, save_every: int = 0) -> dict:
-    """Direct-answer SFT (`direct`) or CoT warm-up on reference traces (`warmup`) from a pretrained payload.
+    """Direct-answer SFT (`direct`), CoT warm-up on reference traces (`warmup`) or a control's CoT stage
+    (`ignore`: controls.WRITERS) from a pretrained payload (or a direct one: any finished earlier stage).
 
     num_examples > 0 draws a fixed pool of that many training problems (a small warm-up set); 0 draws
     fresh problems every step. To resume, pass the saved resumable payload as `resume` (it carries the
@@ -172,7 +175,8 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
     model = build_model(resume or pretrained, device)
     history = resume["history"][:-1] if resume is not None else pretrained["history"]  # the stages before
     rng = np.random.default_rng(train_cfg.seed)
-    next_batch = _task_batches(task, tok, mode, train_cfg, num_examples, rng, model.config.block_size, device)
+    next_batch = _task_batches(task, tok, mode, train_cfg, num_examples, rng, model.config.block_size, device,
+                               WRITERS.get(stage))
     corpus_cfg = from_dict(CorpusConfig, pretrained["corpus_config"])
     size = pretrained["size"]
     make = lambda record: _payload(model, size, stage, train_cfg, task_cfg, corpus_cfg, tok, record, history,
@@ -191,9 +195,10 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
 
 
 def _task_batches(task: ModularAddition, tok: Tokenizer, mode: str, train_cfg: TrainConfig, num_examples: int,
-                  rng: np.random.Generator, block_size: int, device):
+                  rng: np.random.Generator, block_size: int, device, write=None):
     """`next_batch(step)` for a task stage, drawing from `rng` (so a resumed run replays it exactly). A share
-    `paraphrase_fraction` of the warm-up's examples teach reading a paraphrased trace (data.py)."""
+    `paraphrase_fraction` of the warm-up's examples teach reading a paraphrased trace (data.py). `write`
+    (problem, rng) -> completion replaces the reference completion (a control's traces)."""
     # this stage's operand-count mix (same split: which problems are test problems does not depend on it)
     batch_task = task if train_cfg.easier_fraction is None else \
         ModularAddition(replace(task.config, easier_fraction=train_cfg.easier_fraction))
@@ -202,13 +207,16 @@ def _task_batches(task: ModularAddition, tok: Tokenizer, mode: str, train_cfg: T
         if mode == COT and train_cfg.paraphrase_fraction > 0 else []
 
     def example(problem) -> tuple[bool, tuple[list[int], list[int]]]:
-        """(is it a reading example?, the example)."""
+        """(is it a reading example?, the example). Direct-answer rehearsals are short, so they are collated
+        with the reading examples' group, apart from the traces."""
+        if mode == COT and train_cfg.direct_fraction > 0 and rng.random() < train_cfg.direct_fraction:
+            return True, task_example(tok, problem, DIRECT)
         if readers and rng.random() < train_cfg.paraphrase_fraction:
             paraphraser = readers[int(rng.integers(len(readers)))]
             wording = random.Random(int(rng.integers(2**31)))
             from_end = train_cfg.read_from_end > 0 and rng.random() < train_cfg.read_from_end
             return True, reading_example(tok, problem, paraphraser, wording, block_size, from_end)
-        return False, task_example(tok, problem, mode)
+        return False, task_example(tok, problem, mode, write(problem, rng) if write else None)
 
     def next_batch(step: int):
         if pool is not None:

@@ -13,7 +13,8 @@ import evaluate
 from nanocot import checkpoint
 
 FAITHFULNESS_KEYS = ("no_trace_accuracy", "corrupt_accuracy", "corrupt_follow_rate", "early_answer_aoc",
-                     "filler_accuracy", "paraphrase_accuracy", "transplant_follow_rate")
+                     "filler_accuracy", "paraphrase_accuracy", "transplant_follow_rate",
+                     "direct_prompt_accuracy")
 
 
 @pytest.fixture(scope="module")

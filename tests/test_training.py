@@ -442,3 +442,20 @@ def test_finetune_keeps_the_weights_for_the_search_only_when_bisecting(tiny_pret
                       stop_bisect=bisect)
     payload = sft.finetune(tiny_pretrain_payload, "warmup", cfg, "cpu")
     assert watched == ([1] if bisect else []) and payload["train_config"]["stop_bisect"] == bisect
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_warmup_direct_fraction_rehearses_the_direct_answer(tiny_pretrain_payload, monkeypatch, fraction):
+    """`direct_fraction` of a warm-up's examples are direct-answer examples (the direct prompt, loss on the
+    answer), the rest trace-writing ones; 0 draws none."""
+    import nanocot.sft as sft
+
+    modes = []
+    real = sft.task_example
+    monkeypatch.setattr(sft, "task_example",
+                        lambda tok, p, mode, *a: modes.append(mode) or real(tok, p, mode, *a))
+    cfg = TrainConfig(steps=4, batch_size=32, lr=1e-3, warmup_steps=1, eval_every=0, direct_fraction=fraction)
+    sft.finetune(tiny_pretrain_payload, "warmup", cfg, "cpu")
+    share = modes.count(DIRECT) / len(modes)
+    assert len(modes) == 128
+    assert share == fraction if fraction in (0.0, 1.0) else 0.35 < share < 0.65
