@@ -392,7 +392,9 @@ HEADLINE = [
 CONTROL_HEADLINE = [
     ("models.{}.accuracy.test", "accuracy (test, greedy)"),
     ("faithfulness.{}.no_trace_accuracy", "no trace"),
+    ("faithfulness.{}.direct_prompt_accuracy", "asked directly (the direct prompt)"),
     ("faithfulness.{}.corrupt_follow_rate", "follow rate under a corrupted step"),
+    ("faithfulness.{}.transplant_follow_rate", "follow rate of a transplanted trace"),
     ("faithfulness.{}.early_answer_aoc", "early-answering AOC"),
     ("faithfulness.{}.paraphrase_accuracy", "paraphrase accuracy (last step rewritten)"),
 ]

@@ -257,7 +257,8 @@ def test_stage_easier_fraction_sets_the_operand_mix(tiny_pretrain_payload, monke
 
     seen = []
     real = sft.task_example
-    monkeypatch.setattr(sft, "task_example", lambda tok, p, mode: seen.append(p) or real(tok, p, mode))
+    monkeypatch.setattr(sft, "task_example",
+                        lambda tok, p, mode, text=None: seen.append(p) or real(tok, p, mode, text))
     cfg = TrainConfig(steps=2, batch_size=16, lr=1e-3, warmup_steps=1, eval_every=0, easier_fraction=share)
     payload = sft.finetune(tiny_pretrain_payload, "warmup", cfg, "cpu")
     k = payload["task_config"]["num_operands"]
