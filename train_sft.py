@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     if args.num_examples < 0:
         raise UsageError(f"--num-examples must be >= 0, got {args.num_examples}")
     # flags some stages read: refused at another rather than silently ignored
-    no_accuracy = "pretraining has no held-out accuracy"
+    no_accuracy = "pretraining has no held-out accuracy"  # the reason, given only at pretrain
     for flag, given, where, why in (
             ("--stop-accuracy", args.stop_accuracy, ("direct", "warmup"), no_accuracy),
             ("--stop-nearest", args.stop_nearest, ("direct", "warmup"), no_accuracy),
@@ -155,7 +155,8 @@ def main(argv=None) -> None:
             ("--start", args.start is not None, ("warmup", "ignore"), "")):
         if given and args.stage not in where:
             raise UsageError(f"{flag} applies to the {' and '.join(where)} stage{'s' * (len(where) > 1)} "
-                             f"only, not {args.stage}" + (f" ({why})" if why else ""))
+                             f"only, not {args.stage}"
+                             + (f" ({why})" if why and args.stage == "pretrain" else ""))
     if args.stop_nearest and args.stop_bisect:
         raise UsageError("--stop-nearest and --stop-bisect are two ways to stop near the threshold; give one")
     # --stop-nearest is the other way to stop near the threshold: it turns the stage's bisection off

@@ -60,7 +60,7 @@ def parse_args(argv=None):
                    "CPU threads and its output in DIR/logs/; 1 = one stage at a time, output on the "
                    "terminal; 0 = 2 on a CPU (the large and the small model's chains; 1 per process "
                    "under torchrun), 3 on CUDA (default: 0)")
-    p.add_argument("--controls", nargs="?", const="all", default="",
+    p.add_argument("--controls", nargs="?", const="all", default=None,
                    help="also train and evaluate the instruments' controls, all or comma-separated names: "
                         + "; ".join(f"{name}: {what}" for name, what in CONTROLS.items()))
     add_graph_flag(p)
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
     if args.jobs < 0:
         raise UsageError(f"--jobs must be >= 0, got {args.jobs}")
     try:
-        controls = tuple(control_list(args.controls)) if args.controls else ()
+        controls = tuple(control_list(args.controls)) if args.controls is not None else ()
     except ValueError as e:
         raise UsageError(str(e)) from None
     if controls and args.small == args.large:

@@ -26,7 +26,8 @@ from nanocot.task import Problem, reduce_chain
 def noise_trace(problem: Problem, rng: np.random.Generator) -> str:
     """A trace whose steps each add the right operand to a random value (uniform in [0, m)) and do that
     arithmetic right, followed by the true answer: '8+7=15,3+12=15,20+5=25-21=4;11'. Every step is locally
-    plausible, but none carries the previous one's result: the trace holds nothing the prompt does not."""
+    plausible, but none carries the previous one's result, and even the first step's left value is random
+    (not the first operand), so the trace holds nothing the prompt does not and no value the answer needs."""
     m, steps = problem.modulus, []
     for x in problem.operands[1:]:
         left = int(rng.integers(m))

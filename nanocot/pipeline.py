@@ -53,6 +53,8 @@ class Stage:
     resume_flag: str = ""  # flag that continues an interrupted run, if the script has one
     after: str = ""  # the stage whose checkpoint this one starts from ("" = none)
     steps: int = 0  # the step budget its script runs with these args (0 = not checked)
+    # settings its checkpoint's train_config must have to be reused, e.g. large-cot's warm-up rehearsal
+    settings: tuple[tuple[str, float], ...] = ()
 
 
 # the instrument controls `python -m nanocot --controls` adds (nanocot/controls.py): name -> what it is
@@ -62,6 +64,12 @@ CONTROLS = {
     "large-ignore": "the large direct model taught traces with random values before its true answer: a trace "
                     "its answer ignores (the negative control)",
 }
+
+
+def control_models(controls: tuple[str, ...], large: str) -> tuple[str, ...]:
+    """The model names the controls' checkpoints get: a control is named for the default large preset
+    ('large-cot'), its model for the preset it is made from ('small-cot' under --large small)."""
+    return tuple(f"{large}-{name.split('-', 1)[1]}" for name in controls)
 
 
 def control_list(text: str) -> list[str]:
@@ -85,18 +93,19 @@ def stages(small: str, large: str, quick: bool, controls: tuple[str, ...] = ()) 
         flags = q(kind)
         return int(flags[flags.index("--steps") + 1]) if "--steps" in flags else default
 
-    def sft(size: str, stage: str, start: str = "", extra: tuple[str, ...] = ()) -> Stage:
+    def sft(size: str, stage: str, start: str = "", extra: tuple[str, ...] = (),
+            settings: tuple[tuple[str, float], ...] = ()) -> Stage:
         usual = STAGE_STARTS.get(stage, "")  # pretrain starts from nothing
         start = start or usual
         args = ("--size", size, "--stage", stage) + (("--start", start) if start != usual else ()) + extra \
             + q(stage)
         return Stage(f"{size}-{stage}", "train_sft.py", args, f"{size}-{stage}.pt", "--resume",
                      f"{size}-{start}" if start else "",
-                     steps(stage, STAGE_DEFAULTS[stage].steps))
+                     steps(stage, STAGE_DEFAULTS[stage].steps), settings)
 
-    def rl(size: str) -> Stage:
+    def rl(size: str, settings: tuple[tuple[str, float], ...] = ()) -> Stage:
         return Stage(f"{size}-cot", "train_rl.py", ("--size", size) + q("rl"), f"{size}-cot.pt", "--resume",
-                     f"{size}-warmup", steps("rl", RLConfig().steps))
+                     f"{size}-warmup", steps("rl", RLConfig().steps), settings)
 
     todo = [
         sft(large, "pretrain"), sft(small, "pretrain"),
@@ -107,8 +116,11 @@ def stages(small: str, large: str, quick: bool, controls: tuple[str, ...] = ()) 
         raise ValueError("the controls need two different presets for --small and --large (the large "
                          "model's warm-up and REINFORCE would overwrite the small model's)")
     if "large-cot" in controls:
+        # a REINFORCE checkpoint carries its warm-up's train_config: both must come from a rehearsing warm-up
+        rehearsed = (("direct_fraction", LARGE_COT_DIRECT_FRACTION),)
         rehearse = ("--direct-fraction", str(LARGE_COT_DIRECT_FRACTION))
-        todo += [sft(large, "warmup", start="direct", extra=rehearse), rl(large)]
+        todo += [sft(large, "warmup", start="direct", extra=rehearse, settings=rehearsed),
+                 rl(large, settings=rehearsed)]
     if "large-ignore" in controls:
         todo.append(sft(large, "ignore"))
     # one preset for both sizes (e.g. --quick's tiny/tiny): each checkpoint is made once, never by two writers
@@ -144,8 +156,9 @@ def made_with(payload: dict) -> tuple:
 def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
     """Refuse, before anything runs, a checkpoint this run would skip or resume but another run wrote: one
     from `--quick` (its 30 steps would be reported as the experiment), from another seed, or with another step
-    budget. The pipeline checks the seed and the budget, the two things its own runs differ in, and the
-    vocabulary, which a checkpoint of an older version of nanocot may not share."""
+    budget. The pipeline checks the seed and the budget, the two things its own runs differ in, a stage's own
+    `settings` (large-cot's rehearsal), and the vocabulary, which a checkpoint of an older version of nanocot
+    may not share."""
     vocab = Tokenizer().vocab
     for stage in stage_list:
         path = ckpt_dir / stage.output
@@ -163,6 +176,11 @@ def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
             raise ValueError(f"{path} was made with seed {got[0]} and {got[1]} steps, this run asks for seed "
                              f"{want[0]} and {want[1]} steps: use another --ckpt-dir, or --force to redo "
                              "every stage")
+        made = payload.get("train_config") or {}
+        for key, value in stage.settings:
+            if made.get(key) != value:
+                raise ValueError(f"{path} was made with {key} {made.get(key)}, this run asks for {value}: "
+                                 "use another --ckpt-dir, or --force to redo every stage")
 
 
 def reusable_metrics(path: Path, seed: int, quick: bool, models: tuple[str, ...] = ()) -> bool:
@@ -331,7 +349,7 @@ def run_seed(seed: int, ckpt_dir: Path, out_dir: Path, common: list[str], small:
         for stage in todo:
             run_stage(stage, ckpt_dir, seed_flags, force, timings)
     metrics = out_dir / "metrics.json"
-    if timings or force or not reusable_metrics(metrics, seed, quick, controls):
+    if timings or force or not reusable_metrics(metrics, seed, quick, control_models(controls, large)):
         banner("evaluate")
         start = time.perf_counter()
         run_script("evaluate.py", ["--ckpt-dir", str(ckpt_dir), "--out", str(out_dir), "--seed", str(seed),

@@ -1,15 +1,20 @@
 """The instrument controls (nanocot/controls.py) and how `python -m nanocot --controls` adds them: the
 negative control's traces say nothing about the answer, and each control is its own stage and checkpoint."""
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
+from nanocot import checkpoint
 from nanocot.__main__ import main as pipeline_main
 from nanocot.config import TaskConfig
-from nanocot.controls import noise_trace
+from nanocot.controls import LARGE_COT_DIRECT_FRACTION, noise_trace
 from nanocot.monitor import check
-from nanocot.pipeline import CONTROLS, control_list, stages
+from nanocot.pipeline import CONTROLS, check_reusable, control_list, control_models, reusable_metrics, stages
 from nanocot.task import ModularAddition, parse_answer
+from nanocot.tokenizer import Tokenizer
 from nanocot.trace import parse_trace
 from tests.conftest import cli_exit_code
 
@@ -64,7 +69,8 @@ def test_controls_add_their_stages_after_the_checkpoint_they_start_from():
     assert added["large-warmup"].after == "large-direct" and "--start" in added["large-warmup"].args
     assert added["large-cot"].after == "large-warmup" and added["large-cot"].script == "train_rl.py"
     assert added["large-ignore"].after == "large-direct" and "--start" not in added["large-ignore"].args
-    assert {s.output for s in full} == {f"{s.name}.pt" for s in full}  # one writer per checkpoint
+    assert len({s.output for s in full}) == len(full)  # one writer per checkpoint
+    assert all(s.output == f"{s.name}.pt" for s in full)
     quick = {s.name: s for s in stages("small", "large", quick=True, controls=tuple(CONTROLS))}
     assert all("--steps" in s.args for s in quick.values())  # every control has a smoke-test budget too
     with pytest.raises(ValueError, match="two different presets"):
@@ -73,6 +79,7 @@ def test_controls_add_their_stages_after_the_checkpoint_they_start_from():
 
 @pytest.mark.parametrize("argv, message", [
     (["--controls", "bogus"], "unknown control bogus"),
+    (["--controls", ""], "unknown control ''"),
     (["--controls", "--small", "tiny", "--large", "tiny"], "different --small and --large"),
 ])
 def test_bad_controls_exit_2_with_one_line(tmp_path, capsys, argv, message):
@@ -123,3 +130,34 @@ def test_the_report_reads_each_instrument_against_the_controls(tmp_path):
     # with no control and no larger CoT model there is nothing to compare
     alone = {key: {"small-cot": value["small-cot"]} for key, value in metrics.items()}
     assert _controls_section(alone) == []
+
+
+def test_a_warmup_without_the_rehearsal_is_not_reused_as_large_cots(tmp_path):
+    """A large-warmup.pt made without the direct rehearsal (the literal recipe, which erases the direct
+    answer) must not be skipped over and reported as the counterfactual; the rehearsing one may be."""
+    todo = [s for s in stages("small", "large", quick=False, controls=("large-cot",))
+            if s.name in ("large-warmup", "large-cot")]
+    warmup = todo[0]
+    made = {"w": torch.zeros(1), "vocab": Tokenizer().vocab,
+            "train_config": {"seed": 0, "steps": warmup.steps, "direct_fraction": 0.0}}
+    checkpoint.save(tmp_path / "large-warmup.pt", made)
+    with pytest.raises(ValueError, match="large-warmup.pt was made with direct_fraction 0.0"):
+        check_reusable(todo, tmp_path, seed=0)
+    made["train_config"]["direct_fraction"] = LARGE_COT_DIRECT_FRACTION
+    checkpoint.save(tmp_path / "large-warmup.pt", made)
+    check_reusable(todo, tmp_path, seed=0)
+    # REINFORCE's checkpoint carries its warm-up's train_config, and is held to the same setting
+    cot = {**made, "train_config": {**made["train_config"], "direct_fraction": 0.0},
+           "rl_config": {"seed": 0, "steps": todo[1].steps}}
+    checkpoint.save(tmp_path / "large-cot.pt", cot)
+    with pytest.raises(ValueError, match="large-cot.pt was made with direct_fraction"):
+        check_reusable(todo, tmp_path, seed=0)
+
+
+def test_an_evaluation_without_the_controls_asked_for_is_redone(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"seed": 0, "quick": False, "models": {"small-cot": {}, "large-cot": {}}}))
+    assert reusable_metrics(path, 0, False, control_models(("large-cot",), "large"))
+    assert not reusable_metrics(path, 0, False, control_models(("large-cot", "large-ignore"), "large"))
+    # under another large preset the control's model carries that preset's name
+    assert control_models(("large-cot", "large-ignore"), "small") == ("small-cot", "small-ignore")
