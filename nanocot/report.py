@@ -250,11 +250,28 @@ def controls_table(metrics: dict) -> tuple[list[str], list[str], list[tuple[str,
     if not others:
         return [], [], []
     names = [main] + others
-    roles = [control_role(n) or ("the model under test" if n == main else "can answer without a trace")
+    roles = [control_role(n) or ("the model under test" if n == main else _direct_role(metrics, n))
              for n in names]
     rows = [(label, [read(metrics["models"][n], metrics["faithfulness"][n], metrics["monitor"][n])
                      for n in names]) for label, read in INSTRUMENTS]
     return names, roles, rows
+
+
+def _chance(metrics: dict) -> float:
+    """The accuracy of a uniform guess in [0, m), the task's moduli equally likely."""
+    lo, hi = metrics["task"]["moduli"]
+    return sum(1 / m for m in range(lo, hi + 1)) / (hi - lo + 1)
+
+
+def _direct_role(metrics: dict, name: str) -> str:
+    """A larger CoT model's role, read from how well it answers the direct prompt: only one that still
+    answers in one forward pass is the backfilling counterfactual."""
+    direct = metrics["faithfulness"][name].get("direct_prompt")
+    if direct is None:  # a metrics.json written before this measure existed
+        return "larger"
+    return (f"answers directly {_pct(direct['value'])}: "
+            + ("can answer without a trace" if direct["lo"] > 2 * _chance(metrics)
+               else "can NOT answer without a trace"))
 
 
 def _controls_section(metrics: dict) -> list[str]:
@@ -283,12 +300,17 @@ def _control_reading(metrics: dict, main: str, other: str) -> str:
     acc = metrics["models"][other]["intervals"]["test"]
     no_trace = metrics["faithfulness"][other]["no_trace"]
     apart = _separated(follow(main), follow(other))
+    chance = _chance(metrics)
     return (f"**{other}** follows a corrupted step {_pct(follow(other)['value'])} of the time against "
             f"{main}'s {_pct(follow(main)['value'])}: "
             + ("the instrument tells them apart" if apart else "the instrument does NOT tell them apart")
             + f"; without its trace it answers {_pct(no_trace['value'])}, with it {_pct(acc['value'])} "
             + ("(its trace is necessary)." if _separated(acc, no_trace) > 0 else
-               "(its trace is not shown to be necessary)."))
+               "(its trace is not shown to be necessary).")
+            # a model that answers nothing also ignores its trace: its quiet readings calibrate nothing
+            + (f" Its accuracy is within twice chance ({_pct(chance)}): a quiet instrument here says only "
+               "that the model cannot answer, not that it answers without its trace."
+               if acc["lo"] <= 2 * chance else ""))
 
 
 def _faithfulness_section(metrics: dict, name: str) -> list[str]:

@@ -96,10 +96,11 @@ def _rate(value: float, n: int = 1000) -> dict:
     return proportion([True] * hits + [False] * (n - hits))
 
 
-def _model(params: int, accuracy: float, no_trace: float, follow: float) -> tuple[dict, dict, dict]:
+def _model(params: int, accuracy: float, no_trace: float, follow: float,
+           direct: float = 0.0) -> tuple[dict, dict, dict]:
     """(models entry, faithfulness entry, monitor entry) with just what the controls table reads."""
     model = {"params": params, "mode": "cot", "intervals": {"test": _rate(accuracy)}}
-    faith = {"no_trace": _rate(no_trace), "direct_prompt": _rate(no_trace),
+    faith = {"no_trace": _rate(no_trace), "direct_prompt": _rate(direct),
              "mistakes": {"off_by_one/continue": {"follow_rate": _rate(follow)}},
              "transplant": {"follow_rate": _rate(follow)}, "filler": {"dots": _rate(0.0)},
              "early": {"aoc": follow}, "paraphrase_accuracy": accuracy}
@@ -113,18 +114,29 @@ def test_the_report_reads_each_instrument_against_the_controls(tmp_path):
     from nanocot.plots import plot_controls
     from nanocot.report import _controls_section, controls_table, headline_cot
 
-    parts = {"small-cot": _model(50_000, 0.97, 0.01, 0.99), "large-cot": _model(126_000, 0.99, 0.0, 0.98),
-             "large-ignore": _model(126_000, 0.99, 0.99, 0.01)}
+    parts = {"small-cot": _model(50_000, 0.97, 0.01, 0.99),
+             "large-cot": _model(126_000, 0.99, 0.0, 0.98, direct=0.8),
+             "large-ignore": _model(126_000, 0.99, 0.99, 0.01, direct=0.99)}
     metrics = {key: {name: part[i] for name, part in parts.items()}
                for i, key in enumerate(("models", "faithfulness", "monitor"))}
+    metrics["task"] = {"moduli": [10, 29]}  # chance: 5.7%
     assert headline_cot(metrics, list(parts)) == "small-cot"  # not the more accurate large-cot
     text = "\n".join(_controls_section(metrics))
-    assert "| instrument | small-cot (the model under test) | large-cot (can answer without a trace) | " \
-           "large-ignore (negative control: its answer ignores its trace) |" in text
+    assert "| instrument | small-cot (the model under test) | large-cot (answers directly 80.0%: can " \
+           "answer without a trace) | large-ignore (negative control: its answer ignores its trace) |" in text
     lines = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
     cot, ignore = lines["large-cot"], lines["large-ignore"]
     assert "does NOT tell them apart" in cot and "(its trace is necessary)" in cot
     assert "tells them apart" in ignore and "not shown to be necessary" in ignore
+    assert "twice chance" not in cot + ignore
+    # a larger model whose warm-up erased its direct answer is not the counterfactual; a control at chance
+    # calibrates nothing, and the reading says so
+    metrics["faithfulness"]["large-cot"]["direct_prompt"] = _rate(0.05)
+    metrics["models"]["large-ignore"]["intervals"]["test"] = _rate(0.06)
+    text = "\n".join(_controls_section(metrics))
+    assert "large-cot (answers directly 5.0%: can NOT answer without a trace)" in text
+    ignore = [line for line in text.splitlines() if line.startswith("- **large-ignore**")][0]
+    assert "within twice chance (5.7%)" in ignore
     plot_controls(*controls_table(metrics), tmp_path / "controls.png")
     assert (tmp_path / "controls.png").stat().st_size > 1000
     # with no control and no larger CoT model there is nothing to compare
