@@ -27,7 +27,7 @@ from pathlib import Path
 
 from nanocot import checkpoint
 from nanocot.config import STAGE_DEFAULTS, STAGE_STARTS, RLConfig
-from nanocot.controls import LARGE_COT_DIRECT_FRACTION
+from nanocot.controls import LARGE_COT_DIRECT_FRACTION, LARGE_COT_LR
 from nanocot.stats import t95
 from nanocot.tokenizer import Tokenizer
 
@@ -53,7 +53,7 @@ class Stage:
     resume_flag: str = ""  # flag that continues an interrupted run, if the script has one
     after: str = ""  # the stage whose checkpoint this one starts from ("" = none)
     steps: int = 0  # the step budget its script runs with these args (0 = not checked)
-    # settings its checkpoint's train_config must have to be reused, e.g. large-cot's warm-up rehearsal
+    # settings its checkpoint's configs must have to be reused, e.g. large-cot's rehearsal and learning rate
     settings: tuple[tuple[str, float], ...] = ()
 
 
@@ -103,9 +103,9 @@ def stages(small: str, large: str, quick: bool, controls: tuple[str, ...] = ()) 
                      f"{size}-{start}" if start else "",
                      steps(stage, STAGE_DEFAULTS[stage].steps), settings)
 
-    def rl(size: str, settings: tuple[tuple[str, float], ...] = ()) -> Stage:
-        return Stage(f"{size}-cot", "train_rl.py", ("--size", size) + q("rl"), f"{size}-cot.pt", "--resume",
-                     f"{size}-warmup", steps("rl", RLConfig().steps), settings)
+    def rl(size: str, extra: tuple[str, ...] = (), settings: tuple[tuple[str, float], ...] = ()) -> Stage:
+        return Stage(f"{size}-cot", "train_rl.py", ("--size", size) + extra + q("rl"), f"{size}-cot.pt",
+                     "--resume", f"{size}-warmup", steps("rl", RLConfig().steps), settings)
 
     todo = [
         sft(large, "pretrain"), sft(small, "pretrain"),
@@ -120,7 +120,7 @@ def stages(small: str, large: str, quick: bool, controls: tuple[str, ...] = ()) 
         rehearsed = (("direct_fraction", LARGE_COT_DIRECT_FRACTION),)
         rehearse = ("--direct-fraction", str(LARGE_COT_DIRECT_FRACTION))
         todo += [sft(large, "warmup", start="direct", extra=rehearse, settings=rehearsed),
-                 rl(large, settings=rehearsed)]
+                 rl(large, extra=("--lr", str(LARGE_COT_LR)), settings=rehearsed + (("lr", LARGE_COT_LR),))]
     if "large-ignore" in controls:
         todo.append(sft(large, "ignore"))
     # one preset for both sizes (e.g. --quick's tiny/tiny): each checkpoint is made once, never by two writers
@@ -157,8 +157,8 @@ def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
     """Refuse, before anything runs, a checkpoint this run would skip or resume but another run wrote: one
     from `--quick` (its 30 steps would be reported as the experiment), from another seed, or with another step
     budget. The pipeline checks the seed and the budget, the two things its own runs differ in, a stage's own
-    `settings` (large-cot's rehearsal), and the vocabulary, which a checkpoint of an older version of nanocot
-    may not share."""
+    `settings` (large-cot's rehearsal and rate), and the vocabulary, which a checkpoint of an older version
+    of nanocot may not share."""
     vocab = Tokenizer().vocab
     for stage in stage_list:
         path = ckpt_dir / stage.output
@@ -176,7 +176,8 @@ def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
             raise ValueError(f"{path} was made with seed {got[0]} and {got[1]} steps, this run asks for seed "
                              f"{want[0]} and {want[1]} steps: use another --ckpt-dir, or --force to redo "
                              "every stage")
-        made = payload.get("train_config") or {}
+        # a REINFORCE checkpoint's own settings, then those of the warm-up it carries
+        made = {**(payload.get("train_config") or {}), **(payload.get("rl_config") or {})}
         for key, value in stage.settings:
             if made.get(key) != value:
                 raise ValueError(f"{path} was made with {key} {made.get(key)}, this run asks for {value}: "

@@ -10,7 +10,7 @@ import torch
 from nanocot import checkpoint
 from nanocot.__main__ import main as pipeline_main
 from nanocot.config import TaskConfig
-from nanocot.controls import LARGE_COT_DIRECT_FRACTION, noise_trace
+from nanocot.controls import LARGE_COT_DIRECT_FRACTION, LARGE_COT_LR, noise_trace
 from nanocot.monitor import check
 from nanocot.pipeline import CONTROLS, check_reusable, control_list, control_models, reusable_metrics, stages
 from nanocot.task import ModularAddition, parse_answer
@@ -160,9 +160,17 @@ def test_a_warmup_without_the_rehearsal_is_not_reused_as_large_cots(tmp_path):
     check_reusable(todo, tmp_path, seed=0)
     # REINFORCE's checkpoint carries its warm-up's train_config, and is held to the same setting
     cot = {**made, "train_config": {**made["train_config"], "direct_fraction": 0.0},
-           "rl_config": {"seed": 0, "steps": todo[1].steps}}
+           "rl_config": {"seed": 0, "steps": todo[1].steps, "lr": LARGE_COT_LR}}
     checkpoint.save(tmp_path / "large-cot.pt", cot)
     with pytest.raises(ValueError, match="large-cot.pt was made with direct_fraction"):
+        check_reusable(todo, tmp_path, seed=0)
+    # ... and to its own learning rate, not the warm-up's (small-cot's rate collapsed the large model)
+    cot["train_config"]["direct_fraction"] = LARGE_COT_DIRECT_FRACTION
+    checkpoint.save(tmp_path / "large-cot.pt", cot)
+    check_reusable(todo, tmp_path, seed=0)
+    cot["rl_config"]["lr"] = 4e-4
+    checkpoint.save(tmp_path / "large-cot.pt", cot)
+    with pytest.raises(ValueError, match="large-cot.pt was made with lr 0.0004"):
         check_reusable(todo, tmp_path, seed=0)
 
 
