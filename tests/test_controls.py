@@ -149,29 +149,28 @@ def test_a_warmup_without_the_rehearsal_is_not_reused_as_large_cots(tmp_path):
     answer) must not be skipped over and reported as the counterfactual; the rehearsing one may be."""
     todo = [s for s in stages("small", "large", quick=False, controls=("large-cot",))
             if s.name in ("large-warmup", "large-cot")]
-    warmup = todo[0]
-    made = {"w": torch.zeros(1), "vocab": Tokenizer().vocab,
-            "train_config": {"seed": 0, "steps": warmup.steps, "direct_fraction": 0.0}}
-    checkpoint.save(tmp_path / "large-warmup.pt", made)
-    with pytest.raises(ValueError, match="large-warmup.pt was made with direct_fraction 0.0"):
+
+    def reuse(name: str, payload: dict) -> None:
+        checkpoint.save(tmp_path / name, payload)
         check_reusable(todo, tmp_path, seed=0)
+
+    made = {"w": torch.zeros(1), "vocab": Tokenizer().vocab,
+            "train_config": {"seed": 0, "steps": todo[0].steps, "direct_fraction": 0.0}}
+    with pytest.raises(ValueError, match="large-warmup.pt was made with direct_fraction 0.0"):
+        reuse("large-warmup.pt", made)
     made["train_config"]["direct_fraction"] = LARGE_COT_DIRECT_FRACTION
-    checkpoint.save(tmp_path / "large-warmup.pt", made)
-    check_reusable(todo, tmp_path, seed=0)
+    reuse("large-warmup.pt", made)
     # REINFORCE's checkpoint carries its warm-up's train_config, and is held to the same setting
     cot = {**made, "train_config": {**made["train_config"], "direct_fraction": 0.0},
            "rl_config": {"seed": 0, "steps": todo[1].steps, "lr": LARGE_COT_LR}}
-    checkpoint.save(tmp_path / "large-cot.pt", cot)
     with pytest.raises(ValueError, match="large-cot.pt was made with direct_fraction"):
-        check_reusable(todo, tmp_path, seed=0)
+        reuse("large-cot.pt", cot)
     # ... and to its own learning rate, not the warm-up's (small-cot's rate collapsed the large model)
     cot["train_config"]["direct_fraction"] = LARGE_COT_DIRECT_FRACTION
-    checkpoint.save(tmp_path / "large-cot.pt", cot)
-    check_reusable(todo, tmp_path, seed=0)
+    reuse("large-cot.pt", cot)
     cot["rl_config"]["lr"] = 4e-4
-    checkpoint.save(tmp_path / "large-cot.pt", cot)
     with pytest.raises(ValueError, match="large-cot.pt was made with lr 0.0004"):
-        check_reusable(todo, tmp_path, seed=0)
+        reuse("large-cot.pt", cot)
 
 
 def test_an_evaluation_without_the_controls_asked_for_is_redone(tmp_path):
