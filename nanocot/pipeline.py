@@ -93,19 +93,25 @@ def stages(small: str, large: str, quick: bool, controls: tuple[str, ...] = ()) 
         flags = q(kind)
         return int(flags[flags.index("--steps") + 1]) if "--steps" in flags else default
 
-    def sft(size: str, stage: str, start: str = "", extra: tuple[str, ...] = (),
-            settings: tuple[tuple[str, float], ...] = ()) -> Stage:
+    def flags(settings: tuple[tuple[str, float], ...]) -> tuple[str, ...]:
+        """The command-line flags that give a stage its settings: ('lr', 1e-4) -> ('--lr', '0.0001')."""
+        return tuple(part for key, value in settings for part in (f"--{key.replace('_', '-')}", str(value)))
+
+    def sft(size: str, stage: str, start: str = "", settings: tuple[tuple[str, float], ...] = ()) -> Stage:
         usual = STAGE_STARTS.get(stage, "")  # pretrain starts from nothing
         start = start or usual
-        args = ("--size", size, "--stage", stage) + (("--start", start) if start != usual else ()) + extra \
-            + q(stage)
+        args = ("--size", size, "--stage", stage) + (("--start", start) if start != usual else ()) \
+            + flags(settings) + q(stage)
         return Stage(f"{size}-{stage}", "train_sft.py", args, f"{size}-{stage}.pt", "--resume",
                      f"{size}-{start}" if start else "",
                      steps(stage, STAGE_DEFAULTS[stage].steps), settings)
 
-    def rl(size: str, extra: tuple[str, ...] = (), settings: tuple[tuple[str, float], ...] = ()) -> Stage:
-        return Stage(f"{size}-cot", "train_rl.py", ("--size", size) + extra + q("rl"), f"{size}-cot.pt",
-                     "--resume", f"{size}-warmup", steps("rl", RLConfig().steps), settings)
+    def rl(size: str, settings: tuple[tuple[str, float], ...] = (),
+           carried: tuple[tuple[str, float], ...] = ()) -> Stage:
+        """`carried`: the warm-up's settings, checked on the train_config a REINFORCE checkpoint carries."""
+        return Stage(f"{size}-cot", "train_rl.py", ("--size", size) + flags(settings) + q("rl"),
+                     f"{size}-cot.pt", "--resume", f"{size}-warmup", steps("rl", RLConfig().steps),
+                     settings + carried)
 
     todo = [
         sft(large, "pretrain"), sft(small, "pretrain"),
@@ -116,11 +122,9 @@ def stages(small: str, large: str, quick: bool, controls: tuple[str, ...] = ()) 
         raise ValueError("the controls need two different presets for --small and --large (the large "
                          "model's warm-up and REINFORCE would overwrite the small model's)")
     if "large-cot" in controls:
-        # a REINFORCE checkpoint carries its warm-up's train_config: both must come from a rehearsing warm-up
         rehearsed = (("direct_fraction", LARGE_COT_DIRECT_FRACTION),)
-        rehearse = ("--direct-fraction", str(LARGE_COT_DIRECT_FRACTION))
-        todo += [sft(large, "warmup", start="direct", extra=rehearse, settings=rehearsed),
-                 rl(large, extra=("--lr", str(LARGE_COT_LR)), settings=rehearsed + (("lr", LARGE_COT_LR),))]
+        todo += [sft(large, "warmup", start="direct", settings=rehearsed),
+                 rl(large, settings=(("lr", LARGE_COT_LR),), carried=rehearsed)]
     if "large-ignore" in controls:
         todo.append(sft(large, "ignore"))
     # one preset for both sizes (e.g. --quick's tiny/tiny): each checkpoint is made once, never by two writers
@@ -146,11 +150,10 @@ def checkpoint_state(path: Path) -> str:
     return "partial" if ("train_state" in payload or "rl_state" in payload) else "done"
 
 
-def made_with(payload: dict) -> tuple:
-    """(seed, step budget) of the run that wrote a checkpoint: its RL config's, else its supervised one's (a
-    REINFORCE checkpoint also carries the warm-up's train_config)."""
-    config = payload.get("rl_config") or payload.get("train_config") or {}
-    return config.get("seed"), config.get("steps")
+def made_with(payload: dict) -> dict:
+    """The settings of the run that wrote a checkpoint: its RL config's over its supervised one's (a REINFORCE
+    checkpoint also carries the warm-up's train_config, so both can be read)."""
+    return {**(payload.get("train_config") or {}), **(payload.get("rl_config") or {})}
 
 
 def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
@@ -170,14 +173,13 @@ def check_reusable(stage_list: list[Stage], ckpt_dir: Path, seed: int) -> None:
             raise ValueError(f"{path} was made with another tokenizer vocabulary ({size} tokens; this "
                              f"version has {len(vocab)}): use another --ckpt-dir, or --force to redo every "
                              "stage")
-        got = made_with(payload)
+        made = made_with(payload)
+        got = made.get("seed"), made.get("steps")
         want = (seed, stage.steps or got[1])
         if got != want:
             raise ValueError(f"{path} was made with seed {got[0]} and {got[1]} steps, this run asks for seed "
                              f"{want[0]} and {want[1]} steps: use another --ckpt-dir, or --force to redo "
                              "every stage")
-        # a REINFORCE checkpoint's own settings, then those of the warm-up it carries
-        made = {**(payload.get("train_config") or {}), **(payload.get("rl_config") or {})}
         for key, value in stage.settings:
             if made.get(key) != value:
                 raise ValueError(f"{path} was made with {key} {made.get(key)}, this run asks for {value}: "
