@@ -108,6 +108,10 @@ def parse_args(argv=None):
                         "matters when a rewrite does not fit the context whole: from the front it leaves the "
                         "last step as written) "
                         f"(default: {STAGE_DEFAULTS['warmup'].read_from_end})")
+    p.add_argument("--balanced-steps", type=probability,
+                   help="warmup only: share of the trace examples that are single steps balanced by their "
+                        "total and by whether it is reduced "
+                        f"(default: {STAGE_DEFAULTS['warmup'].balanced_steps})")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
     g.add_argument("--operands", type=int, default=task.num_operands,
                    help=f"operands per test problem, k (default: {task.num_operands})")
@@ -151,6 +155,7 @@ def main(argv=None) -> None:
             ("--read-paraphrasers", args.read_paraphrasers is not None, ("warmup",), ""),
             ("--read-from-end", args.read_from_end is not None, ("warmup",), ""),
             ("--direct-fraction", bool(args.direct_fraction), ("warmup",), ""),
+            ("--balanced-steps", bool(args.balanced_steps), ("warmup",), ""),
             ("--num-examples", args.num_examples > 0, ("warmup", "direct"), ""),
             ("--start", args.start is not None, ("warmup", "ignore"), "")):
         if given and args.stage not in where:
@@ -192,7 +197,9 @@ def main(argv=None) -> None:
                         read_from_end=defaults.read_from_end if args.read_from_end is None
                         else args.read_from_end,
                         direct_fraction=defaults.direct_fraction if args.direct_fraction is None
-                        else args.direct_fraction)
+                        else args.direct_fraction,
+                        balanced_steps=defaults.balanced_steps if args.balanced_steps is None
+                        else args.balanced_steps)
     folder = Path(args.ckpt_dir)
     start = args.start or STAGE_STARTS.get(args.stage, "")
     out_path, source = folder / f"{args.size}-{args.stage}.pt", folder / f"{args.size}-{start}.pt"

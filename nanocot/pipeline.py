@@ -113,16 +113,18 @@ def stages(small: str, large: str, quick: bool, controls: tuple[str, ...] = ()) 
                      f"{size}-cot.pt", "--resume", f"{size}-warmup", steps("rl", RLConfig().steps),
                      settings + carried)
 
+    # a warm-up made before its balanced steps were the default is refused, not silently reused
+    balanced = (("balanced_steps", STAGE_DEFAULTS["warmup"].balanced_steps),)
     todo = [
         sft(large, "pretrain"), sft(small, "pretrain"),
         sft(large, "direct"), sft(small, "direct"),
-        sft(small, "warmup"), rl(small),
+        sft(small, "warmup", settings=balanced), rl(small, carried=balanced),
     ]
     if controls and small == large:
         raise ValueError("the controls need two different presets for --small and --large (the large "
                          "model's warm-up and REINFORCE would overwrite the small model's)")
     if "large-cot" in controls:
-        rehearsed = (("direct_fraction", LARGE_COT_DIRECT_FRACTION),)
+        rehearsed = (("direct_fraction", LARGE_COT_DIRECT_FRACTION),) + balanced
         todo += [sft(large, "warmup", start="direct", settings=rehearsed),
                  rl(large, settings=(("lr", LARGE_COT_LR),), carried=rehearsed)]
     if "large-ignore" in controls:

@@ -216,6 +216,8 @@ def _task_batches(task: ModularAddition, tok: Tokenizer, mode: str, train_cfg: T
             wording = random.Random(int(rng.integers(2**31)))
             from_end = train_cfg.read_from_end > 0 and rng.random() < train_cfg.read_from_end
             return True, reading_example(tok, problem, paraphraser, wording, block_size, from_end)
+        if mode == COT and train_cfg.balanced_steps > 0 and rng.random() < train_cfg.balanced_steps:
+            return False, task_example(tok, task.sample_balanced_steps(rng, 1)[0], mode)
         return False, task_example(tok, problem, mode, write(problem, rng) if write else None)
 
     def next_batch(step: int):

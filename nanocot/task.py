@@ -147,6 +147,25 @@ class ModularAddition:
                 problems.append(problem)
         return problems
 
+    def sample_balanced_steps(self, rng: np.random.Generator, n: int) -> list[Problem]:
+        """n two-operand training problems (one trace step each) that give every addition fact and both
+        decisions their share. In the task's own mix a pair of large operands is rare (it needs a large
+        modulus) and most totals have one right decision for nearly every modulus (t = 10 is reduced only when
+        m = 10), so a model learns the common facts and a threshold on t alone first, and the exceptions
+        last. Here the two operands are uniform over every pair the task has; then "reduce" (m <= t) and
+        "keep" (m > t) are equally likely where both are possible; then m is uniform within its class."""
+        widest = max(self.operand_bound(m) for m in self.train_moduli)
+        problems = []
+        while len(problems) < n:
+            a, b = (int(x) for x in rng.integers(0, widest, size=2))
+            able = [m for m in self.train_moduli if max(a, b) < self.operand_bound(m)]
+            classes = [c for c in ([m for m in able if m <= a + b], [m for m in able if m > a + b]) if c]
+            moduli = classes[int(rng.integers(len(classes)))]
+            problem = self.problem((a, b), moduli[int(rng.integers(len(moduli)))])
+            if not self.is_test(problem):
+                problems.append(problem)
+        return problems
+
     def test_set(self, size: int | None = None) -> list[Problem]:
         """Held-out in-distribution problems with k = num_operands; the same list for every seed. Drawn once
         per task (REINFORCE and the warm-up evaluate every few steps, and a draw hashes ~50,000 candidates): a

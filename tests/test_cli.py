@@ -76,6 +76,9 @@ ERROR_CASES = [
     ("read_paraphrasers_direct",
      ["--size", "tiny", "--stage", "direct", "--read-paraphrasers", "swap", *QUICK],
      {"tiny-pretrain.pt": "good"}, "--read-paraphrasers applies to the warmup stage only"),
+    ("balanced_steps_direct",
+     ["--size", "tiny", "--stage", "direct", "--balanced-steps", "0.5", *QUICK],
+     {"tiny-pretrain.pt": "good"}, "--balanced-steps applies to the warmup stage only"),
     ("resume_nothing", ["--size", "tiny", "--stage", "pretrain", "--resume", *QUICK], {},
      "nothing to resume"),
 ]

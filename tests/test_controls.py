@@ -9,7 +9,7 @@ import torch
 
 from nanocot import checkpoint
 from nanocot.__main__ import main as pipeline_main
-from nanocot.config import TaskConfig
+from nanocot.config import STAGE_DEFAULTS, TaskConfig
 from nanocot.controls import LARGE_COT_DIRECT_FRACTION, LARGE_COT_LR, noise_trace
 from nanocot.monitor import check
 from nanocot.pipeline import CONTROLS, check_reusable, control_list, control_models, reusable_metrics, stages
@@ -155,7 +155,8 @@ def test_a_warmup_without_the_rehearsal_is_not_reused_as_large_cots(tmp_path):
         check_reusable(todo, tmp_path, seed=0)
 
     made = {"w": torch.zeros(1), "vocab": Tokenizer().vocab,
-            "train_config": {"seed": 0, "steps": todo[0].steps, "direct_fraction": 0.0}}
+            "train_config": {"seed": 0, "steps": todo[0].steps, "direct_fraction": 0.0,
+                             "balanced_steps": STAGE_DEFAULTS["warmup"].balanced_steps}}
     with pytest.raises(ValueError, match="large-warmup.pt was made with direct_fraction 0.0"):
         reuse("large-warmup.pt", made)
     made["train_config"]["direct_fraction"] = LARGE_COT_DIRECT_FRACTION

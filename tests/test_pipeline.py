@@ -9,6 +9,7 @@ import torch
 
 from nanocot import checkpoint, pipeline
 from nanocot.__main__ import main as pipeline_main
+from nanocot.config import STAGE_DEFAULTS
 from nanocot.pipeline import Stage, StageFailed, checkpoint_state, flatten, stages, summarise
 from nanocot.stats import t95
 from nanocot.tokenizer import Tokenizer
@@ -176,7 +177,8 @@ def test_a_checkpoint_from_another_run_is_refused_before_anything_runs(tmp_path,
     assert "this run asks for seed 1" in capsys.readouterr().err
     todo = stages("tiny", "tiny", quick=True)
     pipeline.check_reusable(todo, tmp_path / "c", seed=0)  # the run that made it may reuse it
-    rl_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30},
+    balanced = STAGE_DEFAULTS["warmup"].balanced_steps
+    rl_made = {"w": torch.zeros(1), "train_config": {"seed": 0, "steps": 30, "balanced_steps": balanced},
                "rl_config": {"seed": 0, "steps": 4}, "vocab": Tokenizer().vocab}
     # REINFORCE's own config, not the warm-up's it carries
     checkpoint.save(tmp_path / "c" / "tiny-cot.pt", rl_made)
@@ -184,6 +186,11 @@ def test_a_checkpoint_from_another_run_is_refused_before_anything_runs(tmp_path,
     with pytest.raises(ValueError, match="tiny-cot.pt was made with seed 0 and 4 steps"):
         pipeline.check_reusable([s for s in stages("tiny", "tiny", quick=False) if s.name == "tiny-cot"],
                                 tmp_path / "c", 0)
+    # a warm-up made without the balanced steps the recipe now has
+    unbalanced = {**quick_made, "train_config": {"seed": 0, "steps": 30}}
+    checkpoint.save(tmp_path / "c" / "tiny-warmup.pt", unbalanced)
+    with pytest.raises(ValueError, match="tiny-warmup.pt was made with balanced_steps None"):
+        pipeline.check_reusable(todo, tmp_path / "c", seed=0)
 
 
 def test_an_evaluation_is_reused_only_if_whole_and_made_for_this_seed(tmp_path):

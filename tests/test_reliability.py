@@ -411,6 +411,7 @@ SFT_FLAGS = {
     "--worked-fraction": (["0.2"], _rejected_by(probability)),
     "--min-lr-ratio": (["0", "0.1"], _rejected_by(probability)),
     "--paraphrase-fraction": (["0"], _rejected_by(probability)),
+    "--balanced-steps": (["0"], _rejected_by(probability)),
     "--read-paraphrasers": (["reword", "reword,words"],
                             st.sampled_from(["foo", "reword,", ",words", "Reword", ""])),
 }

@@ -185,6 +185,23 @@ def test_training_distribution(task):
     assert abs(share_easier - cfg.easier_fraction) < 0.05
 
 
+def test_balanced_steps_cover_every_fact_and_both_decisions(task):
+    """Balanced single steps: two-operand training problems whose operand pairs are uniform over the task's
+    pairs (so large pairs are common, where the task's own mix makes them rare) and whose decision is reduce
+    about as often as keep, even at a total that only the smallest modulus reduces."""
+    rng = np.random.default_rng(0)
+    steps = task.sample_balanced_steps(rng, 6000)
+    assert all(len(p.operands) == 2 and not task.is_test(p) for p in steps)
+    assert all(0 <= x < p.modulus for p in steps for x in p.operands)
+    assert {p.modulus for p in steps} == set(task.train_moduli)
+    large_pair = lambda problems: np.mean([max(p.operands) >= 20 for p in problems])
+    assert abs(large_pair(steps) - (1 - (20 / 29) ** 2)) < 0.03  # uniform pairs below 29
+    assert large_pair(task.sample_train(rng, 6000, k=2)) < 0.25
+    at_ten = [p for p in steps if sum(p.operands) == 10 and max(p.operands) < 10]  # m = 10 is possible
+    assert 0.35 < np.mean([p.modulus == 10 for p in at_ten]) < 0.65  # the one modulus that reduces 10
+    assert all(sum(p.operands) < p.modulus for p in steps if sum(p.operands) < 10)  # nothing to balance
+
+
 def test_max_operand_decouples_operands_from_the_modulus():
     """max_operand = b: operands in [0, b) for every modulus, in training, test and the OOD splits' bounds."""
     from dataclasses import replace

@@ -14,7 +14,7 @@ from nanocot.corpus import corpus_text
 from nanocot.data import CorpusWindows, collate, task_example
 from nanocot.fast import cpu as fast_cpu
 from nanocot.sft import AccuracyStop
-from nanocot.task import COT, DIRECT, Problem, prompt, reference_trace
+from nanocot.task import COT, DIRECT, ModularAddition, Problem, prompt, reference_trace
 from nanocot.train import backward, lr_at, masked_loss
 
 PROBLEM = Problem((8, 7, 12, 5), 21)
@@ -460,3 +460,20 @@ def test_warmup_direct_fraction_rehearses_the_direct_answer(tiny_pretrain_payloa
     share = modes.count(DIRECT) / len(modes)
     assert len(modes) == 128
     assert share == fraction if fraction in (0.0, 1.0) else 0.35 < share < 0.65
+
+
+def test_warmup_balanced_steps_replace_a_share_of_the_traces(tiny_pretrain_payload, monkeypatch):
+    """`balanced_steps` of a warm-up's trace examples are the task's balanced single steps; 0 draws none."""
+    import nanocot.sft as sft
+
+    drawn = []
+    real = ModularAddition.sample_balanced_steps
+    monkeypatch.setattr(ModularAddition, "sample_balanced_steps",
+                        lambda self, rng, n: drawn.append(n) or real(self, rng, n))
+    for fraction in (0.0, 0.5):
+        drawn.clear()
+        cfg = TrainConfig(steps=4, batch_size=32, lr=1e-3, warmup_steps=1, eval_every=0,
+                          balanced_steps=fraction)
+        payload = sft.finetune(tiny_pretrain_payload, "warmup", cfg, "cpu")
+        assert payload["train_config"]["balanced_steps"] == fraction
+        assert len(drawn) == 0 if fraction == 0 else 0.35 < len(drawn) / 128 < 0.65
