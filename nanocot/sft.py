@@ -197,7 +197,9 @@ def finetune(pretrained: dict, stage: str, train_cfg: TrainConfig, device, num_e
 def _task_batches(task: ModularAddition, tok: Tokenizer, mode: str, train_cfg: TrainConfig, num_examples: int,
                   rng: np.random.Generator, block_size: int, device, write=None):
     """`next_batch(step)` for a task stage, drawing from `rng` (so a resumed run replays it exactly). A share
-    `paraphrase_fraction` of the warm-up's examples teach reading a paraphrased trace (data.py). `write`
+    `paraphrase_fraction` of the warm-up's examples teach reading a paraphrased trace (data.py), and a share
+    `balanced_steps` of its trace examples are single steps that give the rare facts their practice
+    (ModularAddition.sample_balanced_steps). `write`
     (problem, rng) -> completion replaces the reference completion (a control's traces)."""
     # this stage's operand-count mix (same split: which problems are test problems does not depend on it)
     batch_task = task if train_cfg.easier_fraction is None else \
