@@ -109,8 +109,8 @@ def parse_args(argv=None):
                         "last step as written) "
                         f"(default: {STAGE_DEFAULTS['warmup'].read_from_end})")
     p.add_argument("--balanced-steps", type=probability,
-                   help="warmup only: share of the trace examples that are single steps balanced by their "
-                        "total and by whether it is reduced "
+                   help="warmup only: share of the trace examples that are single steps whose operand pair "
+                        "is uniform over the task's pairs and whose total is reduced half the time "
                         f"(default: {STAGE_DEFAULTS['warmup'].balanced_steps})")
     g = p.add_argument_group("task (pretrain only; later stages inherit the pretrained checkpoint's task)")
     g.add_argument("--operands", type=int, default=task.num_operands,
